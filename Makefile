@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine:
+#   make test   -> venv + packages, then the test suite
+#   make demo   -> venv + packages (+ Fashion-MNIST via apt when missing), then the demo chain
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgenas-installed
+# torch/torchvision come from the machine's local wheel index (no multi-GB download).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH_PINS) 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -c "import torch, torchvision, onnxruntime, thop, typer, edgenas"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	bash scripts/demo.sh $(BIN)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,27 @@
+"""The one error type the CLI turns into a single stderr line and exit code 2."""
+
+from __future__ import annotations
+
+
+class EdgenasError(Exception):
+    """A problem the user can fix: ``message`` says what is wrong, ``hint`` how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def one_line(self) -> str:
+        """The form printed on stderr: never more than one line."""
+        return " ".join(f"error: {self}".split())
+
+
+class VerificationError(EdgenasError):
+    """A produced artefact failed its own check (e.g. ONNX parity): exit code 1, not 2."""
+
+    exit_code = 1

@@ -1,0 +1,319 @@
+"""Candidate operators of the DARTS search space, and a registry to add more.
+
+The eight operators follow the DARTS family's definitions (Liu et al., "DARTS: Differentiable
+Architecture Search", ICLR 2019, Sec. 3 and its released search space): separable convolutions are
+two stacked ReLU-depthwise-pointwise-BN blocks with the stride in the first, dilated convolutions
+one ReLU-depthwise(dilation 2)-pointwise-BN block, average pooling excludes padding from its count,
+and a stride-2 skip connection is a FactorizedReduce.
+
+Every factory has the signature ``(C, stride, affine, *, device=None, dtype=None)``; facts about an
+operator that callers need (parameter-free? which kernel family? does the supernet put a BN after
+it?) are fields of its :class:`OpSpec`, never tests on its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgenas.errors import EdgenasError
+
+Factory = Callable[..., nn.Module]
+
+
+def _check_stride(stride: int) -> None:
+    if stride not in (1, 2):
+        raise EdgenasError(f"stride {stride} is not supported", "operators take stride 1 or 2")
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU -> Conv2d -> BN: the preprocessing block of DARTS cells."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False, **kw),
+            nn.BatchNorm2d(C_out, affine=affine, **kw),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU -> depthwise conv (dilated) -> pointwise conv -> BN."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in,
+                      bias=False, **kw),
+            nn.Conv2d(C_in, C_out, 1, bias=False, **kw),
+            nn.BatchNorm2d(C_out, affine=affine, **kw),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Two stacked DilConv blocks with dilation 1; only the first one strides."""
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        affine: bool = True,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.op = nn.Sequential(
+            DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine, **kw),
+            DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine, **kw),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Zero(nn.Module):
+    """The ``none`` operator: an all-zero output (spatially halved at stride 2)."""
+
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class FactorizedReduce(nn.Module):
+    """Halve H and W with two stride-2 1x1 convs, the second offset by one pixel, concatenated.
+
+    Each half produces C_out/2 channels, so C_out must be even.
+    """
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        affine: bool = True,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if C_out % 2:
+            raise EdgenasError(
+                f"FactorizedReduce needs an even channel count, got {C_out}",
+                "use an even number of channels (e.g. --channels 16, 36, 48)",
+            )
+        kw = {"device": device, "dtype": dtype}
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False, **kw)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False, **kw)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        a = self.conv_1(x)
+        # The shifted half sees the pixels the first half skips; on odd sizes it would come out
+        # one pixel smaller, so pad it back (no-op on the even sizes DARTS uses).
+        b = self.conv_2(x[:, :, 1:, 1:])
+        if b.shape[-2:] != a.shape[-2:]:
+            b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
+        return self.bn(torch.cat([a, b], dim=1))
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A registered operator and the facts about it that other modules rely on.
+
+    family: operators in one family differ only in kernel size (the prune rule "smaller kernel
+        of the same family" compares within a family).
+    kernel: spatial kernel size, ``None`` where it has none (identity, zero).
+    parameter_free: has no learnable weights (pooling, identity, zero).
+    bn_in_search: the supernet appends a non-affine BN after it (DARTS does this for pooling so
+        its output scale matches the convolutions').
+    is_zero: the ``none`` operator, which only weighs edges and is never chosen.
+    """
+
+    name: str
+    factory: Factory
+    family: str
+    kernel: int | None
+    parameter_free: bool
+    bn_in_search: bool = False
+    is_zero: bool = False
+    description: str = ""
+
+    def build(
+        self,
+        C: int,
+        stride: int,
+        affine: bool = True,
+        *,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> nn.Module:
+        _check_stride(stride)
+        return self.factory(C, stride, affine, device=device, dtype=dtype)
+
+
+OPS: dict[str, OpSpec] = {}
+
+
+def register_op(
+    name: str,
+    *,
+    family: str,
+    kernel: int | None,
+    parameter_free: bool,
+    bn_in_search: bool = False,
+    is_zero: bool = False,
+    description: str = "",
+) -> Callable[[Factory], Factory]:
+    """Decorator adding a factory ``(C, stride, affine, *, device, dtype)`` to :data:`OPS`."""
+
+    def decorate(factory: Factory) -> Factory:
+        if name in OPS:
+            raise ValueError(f"operator {name!r} is already registered")
+        OPS[name] = OpSpec(name, factory, family, kernel, parameter_free, bn_in_search, is_zero,
+                           description)
+        return factory
+
+    return decorate
+
+
+def get_op(name: str) -> OpSpec:
+    try:
+        return OPS[name]
+    except KeyError:
+        raise EdgenasError(
+            f"unknown operator {name!r}", f"choose from: {', '.join(OPS)}"
+        ) from None
+
+
+def build_op(
+    name: str,
+    C: int,
+    stride: int,
+    affine: bool = True,
+    *,
+    device: Any = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    return get_op(name).build(C, stride, affine, device=device, dtype=dtype)
+
+
+def parse_ops(names: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Validate a comma-separated string or list of operator names; keeps order, drops repeats."""
+    if isinstance(names, str):
+        names = [n for n in (p.strip() for p in names.split(",")) if n]
+    out: list[str] = []
+    for n in names:
+        get_op(n)
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise EdgenasError("no operators given", f"name one or more of: {', '.join(OPS)}")
+    return out
+
+
+# --- the DARTS operator set -------------------------------------------------------------------
+
+@register_op("none", family="zero", kernel=None, parameter_free=True, is_zero=True,
+             description="zero output; only weighs edges during search")
+def _none(C, stride, affine, *, device=None, dtype=None):
+    return Zero(stride)
+
+
+@register_op("max_pool_3x3", family="pool", kernel=3, parameter_free=True, bn_in_search=True,
+             description="3x3 max pooling")
+def _max_pool_3x3(C, stride, affine, *, device=None, dtype=None):
+    return nn.MaxPool2d(3, stride=stride, padding=1)
+
+
+@register_op("avg_pool_3x3", family="pool", kernel=3, parameter_free=True, bn_in_search=True,
+             description="3x3 average pooling, padding excluded from the mean")
+def _avg_pool_3x3(C, stride, affine, *, device=None, dtype=None):
+    return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+
+
+@register_op("skip_connect", family="skip", kernel=None, parameter_free=True,
+             description="identity; FactorizedReduce at stride 2")
+def _skip_connect(C, stride, affine, *, device=None, dtype=None):
+    if stride == 1:
+        return Identity()
+    return FactorizedReduce(C, C, affine, device=device, dtype=dtype)
+
+
+def _register_conv(family: str, kernel: int, cls: type[nn.Module], dilation: int) -> None:
+    name = f"{family}_{kernel}x{kernel}"
+    padding = dilation * (kernel - 1) // 2  # keeps H and W at stride 1
+
+    def factory(C, stride, affine, *, device=None, dtype=None):
+        extra = (dilation,) if cls is DilConv else ()
+        return cls(C, C, kernel, stride, padding, *extra, affine, device=device, dtype=dtype)
+
+    kind = "separable" if cls is SepConv else "dilated (2) separable"
+    register_op(name, family=family, kernel=kernel, parameter_free=False,
+                description=f"{kernel}x{kernel} {kind} convolution")(factory)
+
+
+for _k in (3, 5):
+    _register_conv("sep_conv", _k, SepConv, 1)
+for _k in (3, 5):
+    _register_conv("dil_conv", _k, DilConv, 2)
+
+#: The DARTS operator set, in the order the DARTS papers list it.
+DARTS_OPS: tuple[str, ...] = (
+    "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+    "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+)
+#: The efficient search space EL-DARTS arrives at by pruning DARTS_OPS.
+EL_DARTS_OPS: tuple[str, ...] = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
