@@ -138,7 +138,7 @@ class Genotype:
                 if idx >= node + 2:
                     raise EdgenasError(
                         f"{field}: input index {idx} does not precede node {node}",
-                        f"node {node} may take inputs 0..{node + 1} (0 = cell k-2, 1 = cell k-1, 2.. = earlier nodes)",
+                        f"node {node} may take inputs 0..{node + 1}: 0 = cell k-2, 1 = cell k-1, 2.. = earlier nodes",
                     )
             steps = len(edges) // 2
             field = f"{prefix}{cell}_concat"
