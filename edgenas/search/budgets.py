@@ -1,0 +1,304 @@
+"""MAC and latency budgets: a differentiable penalty during search and an exact constrained derivation.
+
+A budget refers to the *evaluation network* the genotype will become (its setting, channels, layers
+and input size), not to the supernet. Its cost is additive over the chosen edges::
+
+    cost(genotype) = fixed + sum over cell types t, over chosen edges (op o from input i) of C_t[i, o]
+
+where ``C_t[i, o]`` is the cost of operator ``o`` on an edge fed by input ``i`` summed over every
+cell of type ``t`` in the evaluation network (the input index matters only through the stride: in a
+reduction cell, edges from the two cell inputs have stride 2), and ``fixed`` is everything the
+genotype does not choose (stems, preprocessing, classifier).
+
+During search the penalty is a hinge on the relative excess of the *expected* cost of the relaxed
+architecture, ``weight * max(0, E[cost] / budget - 1)``. We prefer it to ProxylessNAS'
+multiplicative ``(cost / target) ** beta`` because it does not push at all while the architecture is
+within budget (accuracy alone decides there) and is scale-free, so one ``--budget-weight`` works for
+MACs and milliseconds alike. The expected cost of a node is twice (a node keeps two inputs) the
+edge-weighted mean over its incoming edges of the op-weighted mean edge cost, with the operator
+weights renormalised over the non-``none`` operators, since ``none`` is never derived.
+
+At derivation the choice is exact: per cell type and per node pick two incoming edges and one
+operator each to maximise the total log operator weight (edge weights included) subject to every
+budget. Nodes are independent groups of a multiple-choice knapsack; we solve it by a dynamic
+programme over nodes that keeps only the Pareto frontier of (score, costs), pruned by what the
+remaining nodes must at least add. Without budgets it reduces to the usual DARTS derivation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edgenas.errors import EdgenasError
+from edgenas.genotypes import Genotype
+from edgenas.ops import get_op
+
+CELL_TYPES = ("normal", "reduce")
+_LOG_FLOOR = 1e-30  # a weight of exactly 0 would give -inf scores and break ties arbitrarily
+
+
+def edge_inputs(steps: int) -> list[tuple[int, int]]:
+    """(node, input index) of every edge of a cell in the DARTS order: node by node, inputs ascending."""
+    return [(node, i) for node in range(steps) for i in range(node + 2)]
+
+
+def num_edges(steps: int) -> int:
+    return steps * (steps + 3) // 2
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Additive cost of a genotype's evaluation network in one resource.
+
+    ``tables[t][i, o]``: cost of ``ops[o]`` on an edge from input ``i`` summed over all cells of
+    type ``t``; shape ``(steps + 1, len(ops))``.
+    """
+
+    resource: str  # "macs" or "latency_ms"
+    unit: str
+    ops: tuple[str, ...]
+    steps: int
+    tables: Mapping[str, np.ndarray]
+    fixed: float = 0.0
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for t in CELL_TYPES:
+            if self.tables[t].shape != (self.steps + 1, len(self.ops)):
+                raise ValueError(f"{t} cost table has shape {self.tables[t].shape}, "
+                                 f"expected {(self.steps + 1, len(self.ops))}")
+
+    def genotype_cost(self, genotype: Genotype) -> float:
+        total = float(self.fixed)
+        for t in CELL_TYPES:
+            for op, i in getattr(genotype, t):
+                total += float(self.tables[t][i, self.ops.index(op)])
+        return total
+
+    def expected(
+        self,
+        op_weights: Mapping[str, torch.Tensor],
+        edge_weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Differentiable expected cost of the relaxed architecture.
+
+        ``op_weights[t]``: (edges, ops) operator weights (rows sum to 1); ``edge_weights[t]``:
+        (edges,) per-node normalised edge weights, or ``None`` for a uniform mean over a node's inputs.
+        """
+        keep = [j for j, op in enumerate(self.ops) if not get_op(op).is_zero]
+        inputs = [i for _, i in edge_inputs(self.steps)]
+        nodes = [n for n, _ in edge_inputs(self.steps)]
+        total = None
+        for t in CELL_TYPES:
+            w = op_weights[t][:, keep]
+            w = w / w.sum(dim=1, keepdim=True).clamp_min(_LOG_FLOOR)
+            table = torch.as_tensor(self.tables[t][:, keep], dtype=w.dtype, device=w.device)
+            per_edge = (w * table[inputs]).sum(dim=1)
+            if edge_weights is not None and edge_weights.get(t) is not None:
+                ew = edge_weights[t].to(w.dtype)
+            else:
+                ew = w.new_tensor([1.0 / (n + 2) for n in nodes])
+            cell = 2.0 * (ew * per_edge).sum()
+            total = cell if total is None else total + cell
+        assert total is not None
+        return total + self.fixed
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A hard limit on one resource of the evaluation network, and the search-time penalty weight."""
+
+    model: CostModel
+    limit: float
+    weight: float = 1.0
+
+    def penalty(
+        self,
+        op_weights: Mapping[str, torch.Tensor],
+        edge_weights: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight * max(0, E[cost]/limit - 1), E[cost]) for the current architecture weights."""
+        cost = self.model.expected(op_weights, edge_weights)
+        return self.weight * torch.relu(cost / self.limit - 1.0), cost.detach()
+
+
+@dataclass(frozen=True)
+class Derivation:
+    genotype: Genotype
+    score: float  # total log weight of the chosen edges and operators
+    costs: dict[str, float] = field(default_factory=dict)  # resource -> predicted cost
+
+
+class BudgetInfeasible(EdgenasError):
+    """No genotype of the space meets the budget; ``minimum`` gives the least achievable cost."""
+
+    def __init__(self, resource: str, limit: float, minimum: float, unit: str, setting: str) -> None:
+        self.resource, self.limit, self.minimum = resource, limit, minimum
+        super().__init__(
+            f"no genotype in this search space meets the {resource} budget of {_fmt(limit, unit)} "
+            f"at {setting}: the cheapest possible network needs {_fmt(minimum, unit)}",
+            f"raise the budget to at least {_fmt(minimum, unit)}, or reduce --channels/--layers",
+        )
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "MACs":
+        return f"{value / 1e6:.2f} M MACs"
+    return f"{value:.3f} {unit}"
+
+
+# --- the exact solver ---------------------------------------------------------------------------
+
+@dataclass
+class _Frontier:
+    """Pareto-optimal partial choices: scores (n,), costs (n, R), choices (n, groups so far)."""
+
+    scores: np.ndarray
+    costs: np.ndarray
+    choices: np.ndarray
+
+
+def _pareto(scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated (higher score, no higher cost in any resource)."""
+    n, r = costs.shape
+    if r == 0:
+        return np.array([int(np.argmax(scores))]) if n else np.zeros(0, dtype=int)
+    order = np.lexsort((*costs.T[::-1], -scores))  # best score first, then cheapest
+    keep: list[int] = []
+    if r == 1:
+        best = math.inf
+        for k in order:
+            if costs[k, 0] < best:
+                keep.append(int(k))
+                best = costs[k, 0]
+        return np.array(keep, dtype=int)
+    if r == 2:
+        # Staircase of kept points: c0 ascending with c1 strictly descending; a new point (whose
+        # score is no better than any kept) survives only if every kept point with c0 <= its c0
+        # has a larger c1.
+        xs: list[float] = []
+        ys: list[float] = []
+        for k in order:
+            x, y = costs[k]
+            pos = bisect.bisect_right(xs, x)
+            if pos and ys[pos - 1] <= y:
+                continue
+            keep.append(int(k))
+            # drop staircase points this one now dominates in cost (c0 >= x and c1 >= y)
+            end = pos
+            while end < len(xs) and ys[end] >= y:
+                end += 1
+            xs[pos:end] = [x]
+            ys[pos:end] = [y]
+        return np.array(keep, dtype=int)
+    for k in order:  # general case: quadratic, fine for the small sets we see
+        if all(np.any(costs[k] < costs[j]) for j in keep):
+            keep.append(int(k))
+    return np.array(keep, dtype=int)
+
+
+def _node_options(
+    log_w: np.ndarray, tables: list[np.ndarray], node: int, keep_ops: list[int], first_edge: int
+) -> tuple[np.ndarray, np.ndarray, list[tuple[tuple[int, int], tuple[int, int]]]]:
+    """All (two inputs, one op each) choices of one node: scores (n,), costs (n, R), labels.
+
+    A label lists the node's two edges as (input, op) pairs, the stronger edge first (the order
+    DARTS-style derivations print).
+    """
+    scores, costs, labels = [], [], []
+    inputs = range(node + 2)
+    for a, b in itertools.combinations(inputs, 2):
+        for oa, ob in itertools.product(keep_ops, keep_ops):
+            sa, sb = log_w[first_edge + a, oa], log_w[first_edge + b, ob]
+            scores.append(sa + sb)
+            costs.append([tab[a, oa] + tab[b, ob] for tab in tables])
+            labels.append(((a, oa), (b, ob)) if sa >= sb else ((b, ob), (a, oa)))
+    return np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64).reshape(len(scores), len(tables)), labels
+
+
+def derive(
+    op_weights: Mapping[str, np.ndarray | torch.Tensor],
+    ops: Sequence[str],
+    steps: int,
+    edge_weights: Mapping[str, np.ndarray | torch.Tensor | None] | None = None,
+    budgets: Sequence[tuple[CostModel, float]] = (),
+    setting: str = "the evaluation setting",
+) -> Derivation:
+    """The genotype maximising total log weight subject to ``cost <= limit`` for every budget.
+
+    ``op_weights[t]``: (edges, ops) non-negative weights in the order of :func:`edge_inputs`.
+    Raises :class:`BudgetInfeasible` (naming the least achievable cost) when no genotype fits.
+    """
+    ops = tuple(ops)
+    keep_ops = [j for j, op in enumerate(ops) if not get_op(op).is_zero]
+    if not keep_ops:
+        raise EdgenasError("the search space has no operator other than 'none'",
+                           "keep at least one real operator in the space")
+    models = [m for m, _ in budgets]
+    limits = np.array([lim for _, lim in budgets], dtype=np.float64)
+    for m in models:
+        if m.ops != ops or m.steps != steps:
+            raise ValueError("cost model was built for another search space")
+
+    groups = []  # one group per (cell type, node)
+    for t in CELL_TYPES:
+        w = np.asarray(torch.as_tensor(op_weights[t]).detach().cpu().double(), dtype=np.float64)
+        if w.shape != (num_edges(steps), len(ops)):
+            raise ValueError(f"{t} weights have shape {w.shape}, expected {(num_edges(steps), len(ops))}")
+        log_w = np.log(np.maximum(w, _LOG_FLOOR))
+        ew = None if edge_weights is None else edge_weights.get(t)
+        if ew is not None:
+            log_w = log_w + np.log(np.maximum(np.asarray(torch.as_tensor(ew).detach().cpu().double()), _LOG_FLOOR))[:, None]
+        tables = [np.asarray(m.tables[t], dtype=np.float64) for m in models]
+        first = 0
+        for node in range(steps):
+            s, c, labels = _node_options(log_w, tables, node, keep_ops, first)
+            idx = _pareto(s, c)
+            groups.append((t, node, s[idx], c[idx], [labels[k] for k in idx]))
+            first += node + 2
+
+    fixed = np.array([m.fixed for m in models], dtype=np.float64)
+    mins = np.array([g[3].min(axis=0) if len(models) else np.zeros(0) for g in groups]).reshape(len(groups), len(models))
+    minimum_total = fixed + mins.sum(axis=0)
+    for r, m in enumerate(models):
+        if minimum_total[r] > limits[r] * (1 + 1e-12):
+            raise BudgetInfeasible(m.resource, float(limits[r]), float(minimum_total[r]), m.unit, setting)
+    # what the groups after the k-th must add at least: lets us drop partial choices early
+    rest_min = np.vstack([np.cumsum(mins[::-1], axis=0)[::-1][1:], np.zeros((1, len(models)))])
+
+    front = _Frontier(np.zeros(1), fixed[None, :].copy(), np.zeros((1, 0), dtype=np.int64))
+    for k, (_, _, s, c, _) in enumerate(groups):
+        scores = (front.scores[:, None] + s[None, :]).ravel()
+        costs = (front.costs[:, None, :] + c[None, :, :]).reshape(len(scores), len(models))
+        parent = np.repeat(np.arange(len(front.scores)), len(s))
+        option = np.tile(np.arange(len(s)), len(front.scores))
+        ok = np.all(costs + rest_min[k] <= limits * (1 + 1e-12), axis=1) if len(models) else np.ones(len(scores), bool)
+        scores, costs, parent, option = scores[ok], costs[ok], parent[ok], option[ok]
+        idx = _pareto(scores, costs)
+        front = _Frontier(scores[idx], costs[idx],
+                          np.hstack([front.choices[parent[idx]], option[idx, None]]))
+
+    if not len(front.scores):  # each budget alone is reachable, but not all of them together
+        parts = ", ".join(f"{m.resource} >= {_fmt(v, m.unit)}" for m, v in zip(models, minimum_total))
+        raise EdgenasError(
+            f"no genotype in this search space meets all budgets together at {setting} "
+            f"(each alone needs {parts}, but not with the same genotype)",
+            "loosen one of the budgets",
+        )
+    best = int(np.argmax(front.scores))
+    cells: dict[str, list[tuple[str, int]]] = {t: [] for t in CELL_TYPES}
+    for (t, _, _, _, labels), choice in zip(groups, front.choices[best]):
+        cells[t].extend((ops[o], i) for i, o in labels[choice])
+    concat = tuple(range(2, steps + 2))
+    genotype = Genotype(normal=tuple(cells["normal"]), normal_concat=concat,
+                        reduce=tuple(cells["reduce"]), reduce_concat=concat)
+    costs_out = {m.resource: m.genotype_cost(genotype) for m in models}
+    return Derivation(genotype=genotype, score=float(front.scores[best]), costs=costs_out)
+

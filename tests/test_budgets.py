@@ -1,0 +1,167 @@
+"""The exact constrained derivation against brute force, and the search-time penalty."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from edgenas.errors import EdgenasError
+from edgenas.search.budgets import (
+    Budget,
+    BudgetInfeasible,
+    CostModel,
+    derive,
+    edge_inputs,
+    num_edges,
+)
+
+OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
+STEPS = 2
+
+
+def _random_model(rng: np.random.Generator, resource: str, steps: int = STEPS) -> CostModel:
+    tables = {}
+    for t in ("normal", "reduce"):
+        tab = rng.integers(1, 100, size=(steps + 1, len(OPS))).astype(float)
+        tab[:, 0] = 0.0  # none costs nothing
+        tables[t] = tab
+    return CostModel(resource, "MACs" if resource == "macs" else "ms", OPS, steps, tables,
+                     fixed=float(rng.integers(0, 50)))
+
+
+def _cell_choices(steps: int):
+    """Every (edges) list of one cell: two distinct inputs per node, one non-none op each."""
+    per_node = []
+    for node in range(steps):
+        opts = []
+        for a, b in itertools.combinations(range(node + 2), 2):
+            for oa, ob in itertools.product(range(1, len(OPS)), repeat=2):
+                opts.append(((a, oa), (b, ob)))
+        per_node.append(opts)
+    return list(itertools.product(*per_node))
+
+
+def _brute_force(weights, models, limits):
+    edges = edge_inputs(STEPS)
+    index = {e: k for k, e in enumerate(edges)}
+    cells = _cell_choices(STEPS)
+
+    def cell_eval(t, cell):
+        score, costs = 0.0, np.zeros(len(models))
+        for node, pair in enumerate(cell):
+            for i, o in pair:
+                score += np.log(weights[t][index[(node, i)], o])
+                costs += [m.tables[t][i, o] for m in models]
+        return score, costs
+
+    evals = {t: [cell_eval(t, c) for c in cells] for t in ("normal", "reduce")}
+    fixed = np.array([m.fixed for m in models])
+    best = -np.inf
+    for sn, cn in evals["normal"]:
+        for sr, cr in evals["reduce"]:
+            if np.all(fixed + cn + cr <= limits + 1e-9) and sn + sr > best:
+                best = sn + sr
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_solver_matches_brute_force(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    models = [_random_model(rng, "macs")] + ([_random_model(rng, "latency_ms")] if seed % 2 else [])
+    # a limit between the cheapest and the unconstrained choice makes the budget bind
+    free = derive(weights, OPS, STEPS)
+    limits = []
+    for m in models:
+        lo = m.fixed + sum(m.tables[t][:, 1:].min() * 2 * STEPS for t in ("normal", "reduce"))
+        limits.append(lo + rng.uniform(0.2, 0.8) * max(m.genotype_cost(free.genotype) - lo, 1.0))
+    limits = np.array(limits)
+    expected = _brute_force(weights, models, limits)
+    if not np.isfinite(expected):
+        with pytest.raises(EdgenasError):
+            derive(weights, OPS, STEPS, budgets=list(zip(models, limits)))
+        return
+    got = derive(weights, OPS, STEPS, budgets=list(zip(models, limits)))
+    assert got.score == pytest.approx(expected, abs=1e-9)
+    for m, lim in zip(models, limits):
+        assert got.costs[m.resource] <= lim + 1e-9
+        assert got.costs[m.resource] == pytest.approx(m.genotype_cost(got.genotype))
+    got.genotype.validate()
+
+
+def test_unconstrained_derivation_is_the_darts_rule() -> None:
+    """Without budgets: per node the two edges with the strongest non-none op, strongest op each."""
+    rng = np.random.default_rng(7)
+    steps = 4
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(steps)) for t in ("normal", "reduce")}
+    weights["normal"][:, 0] = 0.9  # a dominant none must not be chosen
+    got = derive(weights, OPS, steps).genotype
+    edges = edge_inputs(steps)
+    for t in ("normal", "reduce"):
+        w = weights[t]
+        expected = []
+        for node in range(steps):
+            ks = [k for k, (n, _) in enumerate(edges) if n == node]
+            strength = {k: w[k, 1:].max() for k in ks}
+            top = sorted(ks, key=lambda k: -strength[k])[:2]
+            expected += [(OPS[1 + int(np.argmax(w[k, 1:]))], edges[k][1]) for k in top]
+        assert list(getattr(got, t)) == expected
+
+
+def test_infeasible_budget_names_the_minimum() -> None:
+    rng = np.random.default_rng(0)
+    m = _random_model(rng, "macs")
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    with pytest.raises(BudgetInfeasible) as info:
+        derive(weights, OPS, STEPS, budgets=[(m, 1.0)])
+    assert "cheapest possible network needs" in str(info.value)
+    # the reported minimum is achievable, and just below it nothing is
+    ok = derive(weights, OPS, STEPS, budgets=[(m, info.value.minimum)])
+    assert ok.costs["macs"] == pytest.approx(info.value.minimum)
+    with pytest.raises(BudgetInfeasible):
+        derive(weights, OPS, STEPS, budgets=[(m, info.value.minimum - 0.5)])
+
+
+def test_penalty_is_zero_within_budget_and_pushes_above() -> None:
+    rng = np.random.default_rng(1)
+    m = _random_model(rng, "macs")
+    alpha = {t: torch.zeros(num_edges(STEPS), len(OPS), requires_grad=True) for t in ("normal", "reduce")}
+    probs = {t: a.softmax(dim=1) for t, a in alpha.items()}
+    expected = m.expected(probs)
+    loose = Budget(m, float(expected.detach()) * 2, weight=1.0)
+    pen, _ = loose.penalty(probs)
+    assert float(pen.detach()) == 0.0
+    tight = Budget(m, float(expected.detach()) / 2, weight=1.0)
+    pen, cost = tight.penalty(probs)
+    assert float(pen) == pytest.approx(1.0, rel=1e-6)
+    pen.backward()
+    # the gradient moves weight from the dearer operators to the cheaper ones
+    g = alpha["normal"].grad
+    assert g is not None and g.abs().sum() > 0
+    row = 0
+    costs_row = torch.tensor(m.tables["normal"][edge_inputs(STEPS)[row][1], 1:])
+    assert torch.argmax(g[row, 1:]) == torch.argmax(costs_row)
+
+
+def test_expected_cost_equals_genotype_cost_for_one_hot_weights() -> None:
+    rng = np.random.default_rng(2)
+    m = _random_model(rng, "macs")
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    g = derive(weights, OPS, STEPS).genotype
+    # one-hot op weights on the chosen edges, edge weights 1/2 on the two chosen inputs of each node
+    ow, ew = {}, {}
+    edges = edge_inputs(STEPS)
+    for t in ("normal", "reduce"):
+        w = torch.full((num_edges(STEPS), len(OPS)), 1.0 / len(OPS), dtype=torch.float64)
+        e = torch.zeros(num_edges(STEPS), dtype=torch.float64)
+        for k, (op, i) in enumerate(getattr(g, t)):
+            node = k // 2
+            idx = edges.index((node, i))
+            w[idx] = 0.0
+            w[idx, OPS.index(op)] = 1.0
+            e[idx] = 0.5
+        ow[t], ew[t] = w, e
+    assert float(m.expected(ow, ew)) == pytest.approx(m.genotype_cost(g))
