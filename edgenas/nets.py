@@ -164,16 +164,16 @@ def cell_shapes(genotype: Genotype, cfg: NetConfig) -> list[OpShape]:
     Stems, cell preprocessing, the auxiliary head and the classifier are not cell operators and are
     not listed.
     """
-    out = []
-    for p in plan_cells(genotype, cfg):
-        edges, _ = genotype.cell(p.reduction)
-        half = (_half(p.hw[0]), _half(p.hw[1]))
-        for op, idx in edges:
-            stride = _edge_stride(p.reduction, idx)
-            # Inputs 0/1 are at the cell input resolution; intermediate nodes are already reduced.
-            h, w = p.hw if idx < 2 or not p.reduction else half
-            out.append(OpShape(op, p.C, h, w, stride))
-    return out
+    return [edge_shape(p, op, idx) for p in plan_cells(genotype, cfg)
+            for op, idx in genotype.cell(p.reduction)[0]]
+
+
+def edge_shape(plan: CellPlan, op: str, idx: int) -> OpShape:
+    """The input shape and stride of ``op`` on an edge fed by state ``idx`` of the planned cell."""
+    # Inputs 0/1 are at the cell input resolution; intermediate nodes of a reduction cell are
+    # already reduced.
+    h, w = plan.hw if idx < 2 or not plan.reduction else (_half(plan.hw[0]), _half(plan.hw[1]))
+    return OpShape(op, plan.C, h, w, _edge_stride(plan.reduction, idx))
 
 
 # --- blocks ---------------------------------------------------------------------------------------
