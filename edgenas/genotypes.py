@@ -232,6 +232,8 @@ def parse_literal(text: str, source: str = "") -> Genotype:
     """
     where = f"{source}: " if source else ""
     spans = _literal_spans(text)
+    if not spans and "Genotype(" in text:
+        raise EdgenasError(f"{where}the Genotype(...) literal is never closed", "check its brackets")
     if not spans:
         raise EdgenasError(f"{where}no Genotype(...) literal found",
                            "pass a built-in name, an edgenas genotype JSON file or a file holding Genotype(normal=[...], ...)")
