@@ -10,9 +10,12 @@ little higher on the same network.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,6 +131,34 @@ def measure_costs(
         thop_macs=thop_macs(model, input_shape) if with_thop else None,
         input_shape=tuple(input_shape),
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _op_macs(op: str, C: int, H: int, W: int, stride: int) -> int:
+    from edgenas.ops import build_op
+
+    return count_macs(build_op(op, C, stride), (C, H, W))
+
+
+def op_macs(shape: Any) -> int:
+    """MACs of one cell operator at ``shape`` (anything with op, C, H, W, stride), cached."""
+    return _op_macs(shape.op, shape.C, shape.H, shape.W, shape.stride)
+
+
+def latency_lookup(profile: Any, shapes: Iterable[Any]) -> tuple[dict[Any, float], list[Any]]:
+    """Median latency (ms at the profile's batch) of each distinct shape, and the shapes missing.
+
+    A shape is anything with op, C, H, W, stride; missing shapes are returned, never taken as zero.
+    """
+    found: dict[Any, float] = {}
+    missing: list[Any] = []
+    for s in dict.fromkeys(shapes):
+        entry = profile.lookup(s.op, s.C, s.H, s.W, s.stride)
+        if entry is None:
+            missing.append(s)
+        else:
+            found[s] = entry.latency.median
+    return found, missing
 
 
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}

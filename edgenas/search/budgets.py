@@ -302,3 +302,72 @@ def derive(
     costs_out = {m.resource: m.genotype_cost(genotype) for m in models}
     return Derivation(genotype=genotype, score=float(front.scores[best]), costs=costs_out)
 
+
+
+# --- cost models of an evaluation network ---------------------------------------------------------
+
+def reference_genotype(ops: Sequence[str], steps: int) -> Genotype:
+    """Any valid genotype of the space: every node takes inputs 0 and 1 with the first real op.
+
+    Only used to lay out the evaluation network (widths and resolutions do not depend on which
+    edges are chosen, only on the concat width, which derivation fixes to all nodes).
+    """
+    op = next(o for o in ops if not get_op(o).is_zero)
+    edges = tuple((op, i) for _ in range(steps) for i in (0, 1))
+    concat = tuple(range(2, steps + 2))
+    return Genotype(normal=edges, normal_concat=concat, reduce=edges, reduce_concat=concat)
+
+
+def _edge_tables(cfg, ops: Sequence[str], steps: int, cost_of) -> dict[str, np.ndarray]:
+    """Sum ``cost_of(OpShape)`` over every cell of each type, per (input index, op)."""
+    from edgenas.nets import edge_shape, plan_cells
+
+    tables = {t: np.zeros((steps + 1, len(ops))) for t in CELL_TYPES}
+    for plan in plan_cells(reference_genotype(ops, steps), cfg):
+        tab = tables["reduce" if plan.reduction else "normal"]
+        for o, op in enumerate(ops):
+            if get_op(op).is_zero:
+                continue
+            for i in range(steps + 1):
+                tab[i, o] += cost_of(edge_shape(plan, op, i))
+    return tables
+
+
+def mac_model(cfg, ops: Sequence[str], steps: int) -> CostModel:
+    """Exact MACs (costs.py convention) of the evaluation network ``cfg`` as an additive model."""
+    from edgenas.costs import MAC_CONVENTION, count_macs, op_macs
+    from edgenas.nets import build_network
+
+    ops = tuple(ops)
+    tables = _edge_tables(cfg, ops, steps, op_macs)
+    ref = reference_genotype(ops, steps)
+    edges_only = CostModel("macs", "MACs", ops, steps, tables, fixed=0.0)
+    total = count_macs(build_network(ref, cfg), cfg.input_shape)
+    return CostModel("macs", "MACs", ops, steps, tables,
+                     fixed=float(total) - edges_only.genotype_cost(ref), note=MAC_CONVENTION)
+
+
+def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
+    """Predicted latency (ms at the profile's batch) of the cell operators of ``cfg``.
+
+    Every (operator, shape) the evaluation network could need must be in the profile: a missing
+    entry raises (never counted as zero); :func:`edgenas.profiling.profile_missing` measures them.
+    """
+    from edgenas.costs import latency_lookup
+
+    ops = tuple(ops)
+    needed = []
+    _edge_tables(cfg, ops, steps, lambda shape: needed.append(shape) or 0.0)
+    found, missing = latency_lookup(profile, needed)
+    if missing:
+        shown = ", ".join(f"{s.op}@{s.C}x{s.H}x{s.W}:{s.stride}" for s in missing[:4])
+        raise EdgenasError(
+            f"the profile lacks {len(missing)} operator shape(s) this evaluation network needs "
+            f"(e.g. {shown})",
+            "add --profile-missing to measure them on this device, or profile these shapes "
+            "with `edgenas profile --shapes ...`",
+        )
+    tables = _edge_tables(cfg, ops, steps, lambda shape: found[shape])
+    return CostModel("latency_ms", "ms", ops, steps, tables, fixed=0.0,
+                     note=f"sum of profiled cell operators at batch {profile.batch}; stems, "
+                          "preprocessing and classifier are not included")
