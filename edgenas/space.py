@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
 from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS
+
+if TYPE_CHECKING:
+    from edgenas.profiling import Profile, Shape
 
 SPACE_FORMAT = "edgenas.space"
 SPACE_VERSION = 1
@@ -127,3 +130,168 @@ class SearchSpace:
             return cls(tuple(ops), tuple(dropped), profile, tuple(str(n) for n in notes))
         except EdgenasError as e:
             raise EdgenasError(f"{path}: {e.message}", e.hint) from None
+
+
+# --- pruning a profile into a space ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OpTotals:
+    """One operator's cost summed over a set of shapes (a network using it once at each)."""
+
+    latency_ms: float
+    macs: int
+    params: int
+    memory_bytes: int
+
+    def no_worse_than(self, other: OpTotals) -> bool:
+        return (self.latency_ms <= other.latency_ms and self.macs <= other.macs
+                and self.params <= other.params and self.memory_bytes <= other.memory_bytes)
+
+    def numbers(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}latency_ms": round(self.latency_ms, 6), f"{prefix}macs": float(self.macs),
+                f"{prefix}params": float(self.params), f"{prefix}memory_bytes": float(self.memory_bytes)}
+
+    def describe(self) -> str:
+        from edgenas.costs import format_count
+
+        return (f"{self.latency_ms:.3f} ms, {format_count(self.macs)} MACs, "
+                f"{format_count(self.params)} params, {self.memory_bytes / 2**20:.2f} MiB")
+
+
+def op_totals(profile: Profile, op: str, shapes: list[Shape]) -> OpTotals:
+    """Sum ``op``'s median latency, MACs, params and memory over ``shapes``."""
+    entries = [profile.lookup(op, s.C, s.H, s.W, s.stride) for s in shapes]
+    if any(e is None for e in entries):
+        raise EdgenasError(f"the profile lacks {op} at some of the shapes compared",
+                           "profile every operator at the same shapes")
+    return OpTotals(sum(e.latency.median for e in entries), sum(e.macs for e in entries),
+                    sum(e.params for e in entries), sum(e.memory_bytes for e in entries))
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Options of :func:`prune`: user overrides and the optional latency-ratio rule."""
+
+    keep: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
+    max_latency_ratio: float | None = None
+
+
+def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | None = None) -> SearchSpace:
+    """Apply the pruning rules to the profile's measured operators.
+
+    Every operator is compared on its cost summed over the shapes the profile measured for all
+    operators (what a network using it once at each of those positions pays):
+      user        ``--drop`` removes an op; ``--keep`` protects one from every rule below;
+      zero        ``none`` is dropped: it carries no features, DARTS only uses it to weigh edges;
+      kernel      a larger kernel is dropped when a kept smaller kernel of its family is no worse
+                  in latency, MACs, params and memory (two stacked 3x3 cover a 5x5's field);
+      pool        of parameter-free ops sharing a family (same role), only the fastest stays;
+      latency     (optional) an op slower than X times the median parametric op is dropped.
+    """
+    from edgenas.ops import get_op
+
+    measured = profile.ops()
+    for name in (*config.keep, *config.drop):
+        get_op(name)
+        if name not in measured:
+            raise EdgenasError(f"operator {name!r} is not in the profile {source or ''}".rstrip(),
+                               f"profile it first (edgenas profile --ops ...); measured: {', '.join(measured)}")
+    both = sorted(set(config.keep) & set(config.drop))
+    if both:
+        raise EdgenasError(f"{', '.join(both)} both kept and dropped", "name an op in --keep or --drop, not both")
+    if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
+        raise EdgenasError(f"--max-latency-ratio must be positive, got {config.max_latency_ratio}",
+                           "pass e.g. --max-latency-ratio 3")
+
+    # shapes every op was measured at, so sums compare like with like
+    shapes = [s for s in profile.shapes()
+              if all(profile.lookup(op, s.C, s.H, s.W, s.stride) for op in measured)]
+    if not shapes:
+        raise EdgenasError("no shape was measured for every operator in the profile",
+                           "profile all operators at the same shapes")
+    totals = {op: op_totals(profile, op, shapes) for op in measured}
+    where = f"summed over {len(shapes)} shape(s): {', '.join(map(str, shapes))}"
+    kept = list(measured)
+    dropped: list[DroppedOp] = []
+    notes: list[str] = [f"costs are {where}; batch {profile.batch}, {profile.dtype}, mode {profile.mode}"]
+
+    def drop(op: str, rule: str, reason: str, numbers: dict[str, float]) -> None:
+        kept.remove(op)
+        dropped.append(DroppedOp(op, rule, reason, numbers))
+
+    for op in config.drop:
+        drop(op, "user", "dropped by --drop", totals[op].numbers())
+    protected = set(config.keep)
+
+    for op in list(kept):
+        if get_op(op).is_zero and op not in protected:
+            drop(op, "zero", "carries no features; DARTS only uses it to weigh edges",
+                 totals[op].numbers())
+
+    # kernel rule: compare each larger kernel with the smaller kernels of its family still kept
+    for op in sorted(kept, key=lambda n: get_op(n).kernel or 0):
+        spec = get_op(op)
+        if spec.kernel is None or spec.parameter_free or op in protected:
+            continue
+        smaller = [o for o in kept if get_op(o).family == spec.family
+                   and (get_op(o).kernel or 0) < spec.kernel]
+        winner = next((o for o in smaller if totals[o].no_worse_than(totals[op])), None)
+        if winner is not None:
+            drop(op, "kernel",
+                 f"{winner} is no worse in latency, MACs, params and memory "
+                 f"({totals[winner].describe()} vs {totals[op].describe()}); stacked "
+                 f"{get_op(winner).kernel}x{get_op(winner).kernel} layers cover its receptive field",
+                 {**totals[op].numbers(), **totals[winner].numbers("than_")})
+        elif smaller:
+            notes.append(f"{op} kept: no smaller {spec.family} kernel is no worse on every count "
+                         f"({op}: {totals[op].describe()}; "
+                         + "; ".join(f"{o}: {totals[o].describe()}" for o in smaller) + ")")
+
+    # pooling rule: parameter-free ops of one family play one role; the fastest stays
+    families: dict[str, list[str]] = {}
+    for op in kept:
+        spec = get_op(op)
+        if spec.parameter_free and not spec.is_zero:
+            families.setdefault(spec.family, []).append(op)
+    for family, members in families.items():
+        if len(members) < 2:
+            continue
+        fastest = min(members, key=lambda o: totals[o].latency_ms)
+        for op in members:
+            if op == fastest or op in protected:
+                continue
+            drop(op, "pool",
+                 f"{fastest} plays the same parameter-free {family} role faster "
+                 f"({totals[fastest].latency_ms:.3f} vs {totals[op].latency_ms:.3f} ms)",
+                 {**totals[op].numbers(), **totals[fastest].numbers("than_")})
+        expected = [o for o in members if o in EL_DARTS_OPS]
+        if expected and fastest not in EL_DARTS_OPS:
+            notes.append(f"measured here, {fastest} ({totals[fastest].latency_ms:.3f} ms) is faster than "
+                         f"{expected[0]} ({totals[expected[0]].latency_ms:.3f} ms), so {fastest} is kept "
+                         f"where EL-DARTS keeps {expected[0]}")
+
+    if config.max_latency_ratio is not None:
+        import statistics
+
+        parametric = [o for o in measured if not get_op(o).parameter_free]
+        if not parametric:
+            raise EdgenasError("--max-latency-ratio compares with the median parametric operator, "
+                               "but the profile has none", "profile a convolution too, or drop the option")
+        median = statistics.median(totals[o].latency_ms for o in parametric)
+        limit = config.max_latency_ratio * median
+        notes.append(f"latency limit {config.max_latency_ratio:g} x median parametric op "
+                     f"({median:.3f} ms) = {limit:.3f} ms")
+        for op in list(kept):
+            if op not in protected and totals[op].latency_ms > limit:
+                drop(op, "latency",
+                     f"{totals[op].latency_ms:.3f} ms is {totals[op].latency_ms / median:.2f} x the median "
+                     f"parametric op ({median:.3f} ms), above the limit {config.max_latency_ratio:g} x",
+                     {**totals[op].numbers(), "median_parametric_ms": round(median, 6),
+                      "max_latency_ratio": float(config.max_latency_ratio)})
+
+    try:
+        return SearchSpace(tuple(kept), tuple(dropped), source, tuple(notes))
+    except EdgenasError as e:
+        raise EdgenasError(f"pruning leaves {len(kept)} operator(s) ({', '.join(kept) or 'none'}): {e.message}",
+                           "keep more operators with --keep OP, or loosen --max-latency-ratio") from None
