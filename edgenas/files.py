@@ -102,3 +102,19 @@ def require(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], path: 
             "fix the field or regenerate the file",
         )
     return value
+
+
+def ensure_writable(path: str | Path, what: str = "output") -> Path:
+    """Fail early (before a long run) if ``path`` cannot be written; creates its folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise EdgenasError(f"{what} path {path} is a directory", "pass a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
+    except OSError as e:
+        raise EdgenasError(f"cannot write {what} {path}: {e.strerror or e}",
+                           "choose a writable output path") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return path
