@@ -165,3 +165,40 @@ def test_expected_cost_equals_genotype_cost_for_one_hot_weights() -> None:
             e[idx] = 0.5
         ow[t], ew[t] = w, e
     assert float(m.expected(ow, ew)) == pytest.approx(m.genotype_cost(g))
+
+
+def _random_genotype(rng: np.random.Generator, ops: tuple[str, ...], steps: int):
+    weights = {t: rng.dirichlet(np.ones(len(ops)), size=num_edges(steps)) for t in ("normal", "reduce")}
+    return derive(weights, ops, steps).genotype
+
+
+@pytest.mark.parametrize("setting", ["cifar10", "imagenet-mobile"])
+def test_mac_model_is_exact_for_any_genotype(setting: str) -> None:
+    """The additive model's MACs equal costs.count_macs on the built evaluation network."""
+    from edgenas.costs import count_macs
+    from edgenas.nets import build_network, default_config
+    from edgenas.ops import DARTS_OPS
+    from edgenas.search.budgets import mac_model
+
+    hw = (32, 32) if setting == "cifar10" else (64, 64)
+    cfg = default_config(setting, C=8, layers=5, input_hw=hw, num_classes=10)
+    model = mac_model(cfg, DARTS_OPS, 3)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        g = _random_genotype(rng, DARTS_OPS, 3)
+        assert model.genotype_cost(g) == count_macs(build_network(g, cfg), cfg.input_shape)
+
+
+def test_latency_model_refuses_missing_shapes() -> None:
+    from edgenas.device import TimingStats
+    from edgenas.nets import default_config
+    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+    from edgenas.search.budgets import latency_model
+
+    cfg = default_config("cifar10", C=4, layers=3, input_hw=(8, 8))
+    ops = ("skip_connect", "sep_conv_3x3")
+    stats = TimingStats(1.0, 0.9, 1.1, 1.0, 0.1, 5)
+    entries = [ProfileEntry(ShapeKey("skip_connect", 4, 8, 8, 1), stats, 0, "x", 0, 0)]
+    profile = Profile("cpu-test", 1, "fp32", "forward", {}, entries)
+    with pytest.raises(EdgenasError, match="lacks .* shape.*--profile-missing"):
+        latency_model(cfg, ops, 2, profile)
