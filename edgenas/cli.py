@@ -108,9 +108,124 @@ def list_ops(json_out: bool = JsonOpt) -> None:
 
 # ------------------------------------------------------------------------------ profile
 # (issue 2)
+@command(app, "profile")
+def profile_cmd(
+    device: str = DeviceOpt,
+    ops: Optional[str] = typer.Option(
+        None, "--ops", help="Comma-separated operators (default: the 8 DARTS operators; see `edgenas list ops`)."),
+    shapes: Optional[str] = typer.Option(
+        None, "--shapes", help="C x H x W : stride, comma-separated, e.g. 16x32x32:1,32x32x32:2 "
+        "(default: the shapes of the default DARTS search supernet)."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Batch size of every timed call."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
+    mode: str = typer.Option("forward", "--mode",
+                             help="forward (inference, eval mode) | train (forward+backward, as search pays)"),
+    runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per op and shape (after warm-up)."),
+    max_seconds: float = typer.Option(2.0, "--max-seconds", min=0.01,
+                                      help="Cap on each entry's warm-up and timed phase (>= 5 runs kept)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Profile JSON (default: profiles/<device-slug>.json)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the bar chart PNG here."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Measure candidate operators on a device: latency, memory, MACs, params per op and shape."""
+    import time
+
+    from rich import box
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from edgenas.costs import MAC_CONVENTION
+    from edgenas.device import device_slug, resolve_device, resolve_dtype
+    from edgenas.files import ensure_writable
+    from edgenas.ops import DARTS_OPS, parse_ops
+    from edgenas.profiling import DEFAULT_SHAPES, MODES, ProfileSettings, parse_shapes, profile_ops
+
+    op_names = parse_ops(ops) if ops is not None else list(DARTS_OPS)
+    shape_list = parse_shapes(shapes) if shapes is not None else list(DEFAULT_SHAPES)
+    resolve_dtype(dtype)
+    if mode not in MODES:
+        raise EdgenasError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
+    dev = resolve_device(device)
+    out = out or Path("profiles") / f"{device_slug(dev)}.json"
+    ensure_writable(out, "profile")  # fail now, not after a minute of measuring
+    if plot is not None:
+        ensure_writable(plot, "plot")
+    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, channels_last=channels_last)
+    con = out_console(json_out, quiet)
+
+    t0 = time.perf_counter()
+    with Progress(console=con, transient=True, disable=quiet) as progress:
+        task = progress.add_task(f"profiling on {dev}", total=len(op_names) * len(shape_list))
+        prof = profile_ops(dev, op_names, shape_list, batch=batch, dtype=dtype, mode=mode,
+                           settings=settings, on_entry=lambda k: progress.update(task, advance=1,
+                                                                                 description=str(k)))
+    wall = time.perf_counter() - t0
+    prof.save(out)
+    if plot is not None:
+        from edgenas.report import plot_profile
+
+        plot_profile(prof, plot)
+
+    if json_out:
+        emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2),
+                   **prof.to_dict()})
+    table = Table(title=f"{prof.device}: {mode}, {dtype}, batch {batch}; ms per batch, by latency",
+                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for col in ("op", "CxHxW:s", "median", "p10", "p90", "n", "MMACs", "params", "MiB"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("op", "CxHxW:s") else "right")
+    for e in sorted(prof.entries, key=lambda e: e.latency.median):
+        t = e.latency
+        table.add_row(e.key.op, str(e.key.shape), *(f"{v:.3g}" for v in (t.median, t.p10, t.p90)),
+                      str(t.n), f"{e.macs / 1e6:.3g}", str(e.params), f"{e.memory_bytes / 2**20:.2f}")
+    con.print(table)
+    kinds = ", ".join(sorted({e.memory_kind for e in prof.entries}))
+    con.print(f"MACs: {MAC_CONVENTION}. Memory measured: {kinds}.")
+    for s in prof.skipped:
+        con.print(f"skipped {s.key}: {s.reason}")
+    con.print(f"{len(prof.entries)} entries in {wall:.1f} s -> {out}" + (f", plot {plot}" if plot else ""))
+
 
 # ------------------------------------------------------------------------------ prune
 # (issue 2)
+def _op_list(values: list[str]) -> list[str]:
+    """Repeated options that may also be comma-separated: --keep a --keep b,c."""
+    return [n for v in values for n in (p.strip() for p in v.split(",")) if n]
+
+
+@command(app, "prune")
+def prune_cmd(
+    profile: Path = typer.Option(..., "--profile", help="Profile JSON written by `edgenas profile`."),
+    out: Path = typer.Option(Path("space.json"), "--out", help="Search space JSON to write."),
+    keep: list[str] = typer.Option([], "--keep", help="Keep this operator whatever the rules say (repeatable)."),
+    drop: list[str] = typer.Option([], "--drop", help="Drop this operator (repeatable)."),
+    max_latency_ratio: Optional[float] = typer.Option(
+        None, "--max-latency-ratio", help="Drop ops slower than X times the median parametric op."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Reduce the search space from measured costs; write space.json with the reason for each drop."""
+    from rich.table import Table
+
+    from edgenas.profiling import Profile
+    from edgenas.space import PruneConfig, prune
+
+    prof = Profile.load(profile)
+    config = PruneConfig(tuple(_op_list(keep)), tuple(_op_list(drop)), max_latency_ratio)
+    space = prune(prof, config, source=str(profile))
+    space.save(out)
+    if json_out:
+        emit_json({"path": str(out), **space.to_dict()})
+    con = out_console(json_out, quiet)
+    table = Table("dropped", "rule", "why", title=f"pruning {profile} ({prof.device})")
+    for d in space.dropped:
+        table.add_row(d.op, d.rule, d.reason)
+    con.print(table)
+    for note in space.notes:
+        con.print(f"- {note}")
+    con.print(f"kept {len(space.ops)}: {', '.join(space.ops)} -> {out}")
+
 
 # ------------------------------------------------------------------------------ inspect
 # (issue 3)
