@@ -317,3 +317,75 @@ DARTS_OPS: tuple[str, ...] = (
 )
 #: The efficient search space EL-DARTS arrives at by pruning DARTS_OPS.
 EL_DARTS_OPS: tuple[str, ...] = ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3")
+
+
+# --- attention: channel and spatial attention, attention-augmented convolutions ----------------
+# CBAM (Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018, Eqs. 2-3). The channel
+# attention is also what ADARTS and SWD-NAS use to rank channels, so it lives here once.
+
+class ChannelAttention(nn.Module):
+    """Channel weights ``F_c(x) = sigmoid(MLP(avgpool x) + MLP(maxpool x))``, shape (B, C).
+
+    One two-layer MLP is shared by both pooled descriptors (both run in one matmul). The hidden
+    width is C/16 as in CBAM, but at least 4 so the narrow cells of a search still have an MLP.
+    """
+
+    def __init__(self, C: int, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        hidden = max(4, C // 16)
+        kw = {"device": device, "dtype": dtype}
+        self.mlp = nn.Sequential(nn.Linear(C, hidden, **kw), nn.ReLU(inplace=True), nn.Linear(hidden, C, **kw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        pooled = torch.cat([x.mean((2, 3)), x.amax((2, 3))], 0)
+        out = self.mlp(pooled)
+        return torch.sigmoid(out[:b] + out[b:])
+
+
+class SpatialAttention(nn.Module):
+    """Spatial weights ``sigmoid(conv7x7([mean over C; max over C]))``, shape (B, 1, H, W)."""
+
+    def __init__(self, kernel: int = 7, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel, padding=kernel // 2, bias=False, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        desc = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)
+        return torch.sigmoid(self.conv(desc))
+
+
+class AttentionAugmented(nn.Module):
+    """An operator followed by channel then spatial attention (CBAM order)."""
+
+    def __init__(self, op: nn.Module, C: int, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.op = op
+        self.channel = ChannelAttention(C, device=device, dtype=dtype)
+        self.spatial = SpatialAttention(device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.op(x)
+        y = y * self.channel(y)[:, :, None, None]
+        return y * self.spatial(y)
+
+
+#: base operator -> its attention-augmented variant (``<name>_attn``)
+ATTENTION_VARIANTS: dict[str, str] = {}
+
+
+def _register_attention(base: str) -> None:
+    spec = OPS[base]
+    name = f"{base}_attn"
+
+    def factory(C, stride, affine, *, device=None, dtype=None):
+        op = spec.build(C, stride, affine, device=device, dtype=dtype)
+        return AttentionAugmented(op, C, device=device, dtype=dtype)
+
+    register_op(name, family=f"{spec.family}_attn", kernel=spec.kernel, parameter_free=False,
+                description=f"{spec.description}, then channel and spatial attention")(factory)
+    ATTENTION_VARIANTS[base] = name
+
+
+for _name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"):
+    _register_attention(_name)
