@@ -106,6 +106,22 @@ def list_ops(json_out: bool = JsonOpt) -> None:
     console.print(table)
 
 
+@command(list_app, "genotypes")
+def list_genotypes(json_out: bool = JsonOpt) -> None:
+    """Built-in genotypes (usable by name wherever a genotype is asked for)."""
+    from rich.table import Table
+
+    from edgenas.genotypes import GENOTYPES, SOURCES
+
+    if json_out:
+        emit_json([{"name": n, "source": SOURCES.get(n, ""), **g.to_dict()} for n, g in GENOTYPES.items()])
+        return
+    table = Table("name", "source", "operators used")
+    for n, g in GENOTYPES.items():
+        table.add_row(n, SOURCES.get(n, ""), ", ".join(g.ops()))
+    console.print(table)
+
+
 # ------------------------------------------------------------------------------ profile
 # (issue 2)
 @command(app, "profile")
@@ -229,6 +245,111 @@ def prune_cmd(
 
 # ------------------------------------------------------------------------------ inspect
 # (issue 3)
+def _parse_hw(text: str) -> tuple[int, int]:
+    """``32x32`` or ``32`` -> (H, W)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise EdgenasError(f"cannot read input size {text!r}", "write it as HxW, e.g. --input 32x32 or 224x224")
+    return (int(parts[0]), int(parts[-1]))
+
+
+def _genotype_label(spec: str) -> str:
+    from edgenas.genotypes import GENOTYPES
+
+    return spec if spec in GENOTYPES else Path(spec).stem or "genotype"
+
+
+@command(app, "inspect")
+def inspect_cmd(
+    genotype: str = typer.Argument(..., help="Built-in genotype (see `edgenas list genotypes`), a genotype "
+                                   "JSON file or a file holding the Genotype(...) literal."),
+    setting: str = typer.Option("cifar10", "--setting", help="cifar10 | cifar100 | imagenet-mobile"),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Initial channels C [36; 48 imagenet]."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Cells [20; 14 imagenet]."),
+    classes: Optional[int] = typer.Option(None, "--classes", help="Classes [10; 100; 1000]."),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Input channels [3]."),
+    input_hw: Optional[str] = typer.Option(None, "--input", help="Input HxW [32x32; 224x224 imagenet]."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Profile JSON: predict latency from it."),
+    fit_macs: Optional[str] = typer.Option(None, "--fit-macs", help="Choose the largest even C within this "
+                                           "MAC budget (600M, 0.6G or 600000000)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for the cell diagrams PNG."),
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Params, MACs (edgenas and thop), mobile setting, predicted latency and cell diagrams of a genotype."""
+    from rich.table import Table
+
+    from edgenas.costs import format_count, parse_count
+    from edgenas.genotypes import load_genotype
+    from edgenas.nets import default_config, inspect_network
+
+    geno = load_genotype(genotype)
+    given = {"C": channels, "layers": layers, "num_classes": classes, "in_channels": in_channels,
+             "input_hw": _parse_hw(input_hw) if input_hw is not None else None}
+    if fit_macs is not None and channels is not None:
+        raise EdgenasError("--fit-macs chooses the channel count itself", "drop --channels or --fit-macs")
+    cfg = default_config(setting, **{k: v for k, v in given.items() if v is not None})
+    budget = parse_count(fit_macs, "--fit-macs budget") if fit_macs is not None else None
+    prof = None
+    if profile is not None:
+        from edgenas.profiling import Profile
+
+        prof = Profile.load(profile)
+    label = _genotype_label(genotype)
+    plot_path = plot / f"{label}_cells.png" if plot is not None else None
+    if plot_path is not None:
+        from edgenas.files import ensure_writable
+
+        ensure_writable(plot_path, "plot")
+    rep = inspect_network(geno, cfg, profile=prof, mac_budget=budget)
+    if plot_path is not None:
+        from edgenas.report import plot_genotype
+
+        plot_genotype(geno, plot_path, title=label)
+    if json_out:
+        emit_json({"name": label, **rep.to_dict(), "plot": str(plot_path) if plot_path else None})
+    con = out_console(json_out, quiet)
+    c = rep.config
+    con.print(f"{label}: {c.setting}, C={c.C}, {c.layers} cells, {c.num_classes} classes, input "
+              f"{c.in_channels}x{c.input_hw[0]}x{c.input_hw[1]}")
+    if rep.fit is not None:
+        con.print(f"--fit-macs {format_count(rep.fit.budget)}: C={rep.fit.C} is the largest even C that fits "
+                  f"(C={rep.fit.C + 2}: {format_count(rep.fit.next_macs)})")
+    grid = Table.grid(padding=(0, 2))
+    for justify in ("left", "right", "right"):
+        grid.add_column(justify=justify)
+    grid.add_column()
+    grid.add_row("params", f"{rep.params:,}", format_count(rep.params),
+                 f"auxiliary head excluded (it adds {rep.aux_params:,})")
+    grid.add_row("MACs", f"{rep.macs:,}", format_count(rep.macs), "edgenas: Conv2d + Linear, 1 MAC = 1 multiply-add")
+    grid.add_row("thop", f"{rep.thop_macs:,}" if rep.thop_macs is not None else "-", format_count(rep.thop_macs),
+                 "thop's count; it also counts BatchNorm" if rep.thop_macs is not None else "thop unavailable")
+    con.print(grid)
+    if rep.mobile is not None or c.imagenet:
+        con.print(f"mobile setting: {rep.mobile_note}")
+    lat = rep.latency
+    if lat is not None:
+        con.print(f"latency from {profile}: {lat.device}, {lat.mode} mode, {lat.dtype}, batch {lat.batch}")
+        table = Table("op", "CxHxW:s", "instances", "ms each", "ms")
+        for s, n, ms in lat.looked_up:
+            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), f"{ms:.4g}", f"{n * ms:.4g}")
+        for s, n in lat.missing:
+            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), "[red]missing[/red]", "-")
+        con.print(table)
+        if lat.complete:
+            con.print(f"predicted latency: {lat.total_ms:.4g} ms per batch of {lat.batch} "
+                      f"({len(lat.looked_up)} shapes looked up)")
+        else:
+            shapes = ",".join(dict.fromkeys(f"{s.C}x{s.H}x{s.W}:{s.stride}" for s, _ in lat.missing))
+            ops = ",".join(dict.fromkeys(s.op for s, _ in lat.missing))
+            con.print(f"[red]no total: {len(lat.missing)} of {len(lat.missing) + len(lat.looked_up)} shapes are "
+                      f"missing from the profile[/red] (found ones sum to {lat.found_ms:.4g} ms); measure them with: "
+                      f"edgenas profile --ops {ops} --shapes {shapes}")
+        if lat.mode == "train":
+            con.print("note: a train-mode profile times forward+backward; this is not an inference latency")
+        con.print(f"covers {lat.covers}")
+    if plot_path is not None:
+        con.print(f"cell diagrams: {plot_path}")
 
 # ------------------------------------------------------------------------------ train
 # (issue 4)

@@ -186,3 +186,132 @@ def format_count(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3f} {suffix}{unit}"
     return f"{n:g} {unit}".rstrip()
+
+
+# --- whole evaluation networks: latency from a profile, channels from a MAC budget ----------------
+
+#: What :func:`predict_latency` sums, and what it leaves out (said beside every prediction).
+LATENCY_COVERS = (
+    "cell operators only: the sum of the profile's per-operator medians over every operator "
+    "instance in the network's cells; stems, cell preprocessing (1x1 ReLU-conv-BN, "
+    "FactorizedReduce), node additions, concatenation, global pooling and the classifier are "
+    "not included"
+)
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """A network's latency predicted from a profile (ms per batch of ``batch``).
+
+    ``total_ms`` is ``None`` unless every shape was found: a missing shape is never taken as zero.
+    ``looked_up`` holds (shape, instances, median ms per instance); ``missing`` (shape, instances).
+    """
+
+    total_ms: float | None
+    found_ms: float
+    looked_up: tuple[tuple[Any, int, float], ...]
+    missing: tuple[tuple[Any, int], ...]
+    batch: int
+    device: str
+    mode: str
+    dtype: str
+    covers: str = LATENCY_COVERS
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, object]:
+        def shape(s: Any) -> dict[str, object]:
+            return {"op": s.op, "C": s.C, "H": s.H, "W": s.W, "stride": s.stride}
+
+        return {
+            "total_ms": self.total_ms,
+            "found_ms": self.found_ms,
+            "complete": self.complete,
+            "batch": self.batch,
+            "device": self.device,
+            "mode": self.mode,
+            "dtype": self.dtype,
+            "covers": self.covers,
+            "looked_up": [{**shape(s), "instances": n, "median_ms": ms} for s, n, ms in self.looked_up],
+            "missing": [{**shape(s), "instances": n} for s, n in self.missing],
+        }
+
+
+def predict_latency(genotype: Any, cfg: Any, profile: Any) -> LatencyPrediction:
+    """Sum ``profile``'s median latencies over every cell operator of the evaluation network.
+
+    The additive per-operator model of FBNet (Wu et al., CVPR 2019, Eq. 5) and EL-DARTS: each
+    operator instance from :func:`edgenas.nets.cell_shapes` is looked up at its exact
+    (op, C, H, W, stride); see :data:`LATENCY_COVERS` for what is not included.
+    """
+    from collections import Counter
+
+    from edgenas.nets import cell_shapes
+
+    counts = Counter(cell_shapes(genotype, cfg))
+    found, missing = latency_lookup(profile, counts)
+    looked_up = tuple((s, counts[s], found[s]) for s in counts if s in found)
+    found_ms = sum(n * ms for _, n, ms in looked_up)
+    return LatencyPrediction(
+        total_ms=found_ms if not missing else None,
+        found_ms=found_ms,
+        looked_up=looked_up,
+        missing=tuple((s, counts[s]) for s in missing),
+        batch=profile.batch,
+        device=profile.device,
+        mode=profile.mode,
+        dtype=profile.dtype,
+    )
+
+
+def network_macs(genotype: Any, cfg: Any, device: torch.device | None = None) -> int:
+    """Conv+linear MACs of ``genotype``'s evaluation network for ``cfg`` (per sample)."""
+    from edgenas.nets import build_network
+
+    return count_macs(build_network(genotype, cfg, device=device), cfg.input_shape)
+
+
+#: fit_channels stops doubling here; no DARTS-style network is anywhere near it.
+MAX_FIT_CHANNELS = 1 << 16
+
+
+def fit_channels(genotype: Any, cfg: Any, mac_budget: int) -> Any:
+    """The config with the largest even initial channel count C whose network fits ``mac_budget``.
+
+    MACs grow monotonically with C, so this doubles C until the budget is exceeded and then
+    bisects. Only even C are tried, so the result builds in every setting (FactorizedReduce splits
+    channels in halves).
+    """
+    from dataclasses import replace
+
+    from edgenas.errors import EdgenasError
+
+    def macs(C: int) -> int:
+        # Wide trial networks are built on the meta device (exact shapes, no memory) so a loose
+        # budget cannot allocate gigabytes; up to C=128 the CPU is faster (meta's first use costs ~1 s).
+        device = torch.device("meta") if C > 128 else None
+        return network_macs(genotype, replace(cfg, C=C), device)
+
+    smallest = macs(2)
+    if smallest > mac_budget:
+        raise EdgenasError(
+            f"no network fits {format_count(mac_budget)} MACs: the smallest, C=2 with "
+            f"{cfg.layers} cells at {'x'.join(map(str, cfg.input_hw))}, needs {format_count(smallest)} MACs "
+            f"({smallest})",
+            "raise the budget, or reduce --layers or --input",
+        )
+    lo, hi = 2, 4  # invariant: macs(lo) <= budget; hi is the first width not yet known to fit
+    while macs(hi) <= mac_budget:
+        lo, hi = hi, hi * 2
+        if hi > MAX_FIT_CHANNELS:
+            raise EdgenasError(f"budget {format_count(mac_budget)} MACs allows more than C={MAX_FIT_CHANNELS}",
+                               "give a smaller budget or set --channels directly")
+    while hi - lo > 2:  # both even: bisect on even widths
+        mid = (lo + hi) // 4 * 2
+        if macs(mid) <= mac_budget:
+            lo = mid
+        else:
+            hi = mid
+    return replace(cfg, C=lo)

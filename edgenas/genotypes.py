@@ -301,6 +301,15 @@ GENOTYPES: dict[str, Genotype] = {
 }
 
 
+#: Where each built-in genotype comes from (shown by `edgenas list genotypes`).
+SOURCES: dict[str, str] = {
+    "DARTS_V1": "DARTS first order, CIFAR-10 (Liu et al., ICLR 2019)",
+    "DARTS_V2": "DARTS second order, CIFAR-10 (Liu et al., ICLR 2019)",
+    "PC_DARTS_cifar": "PC-DARTS searched on CIFAR-10 (Xu et al., ICLR 2020)",
+    "PC_DARTS_image": "PC-DARTS searched on ImageNet (Xu et al., ICLR 2020)",
+}
+
+
 def get_genotype(name: str) -> Genotype:
     try:
         return GENOTYPES[name]

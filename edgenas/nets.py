@@ -303,3 +303,83 @@ def build_network(genotype: Genotype, cfg: NetConfig, *, device: Any = None,
     """Validate ``genotype`` and build its evaluation network for ``cfg`` (affine BN everywhere)."""
     genotype.validate()
     return EvalNetwork(genotype, cfg, device=device, dtype=dtype)
+
+
+# --- inspection: what `edgenas inspect` reports ---------------------------------------------------
+
+#: The "mobile setting" of the NAS literature (NASNet, DARTS Table 3): under 600 M multiply-adds
+#: for one 224x224 image.
+MOBILE_MAC_LIMIT = 600_000_000
+MOBILE_HW = (224, 224)
+
+
+@dataclass(frozen=True)
+class ChannelFit:
+    """How ``--fit-macs`` chose C: the largest even C within ``budget``; C+2 needs ``next_macs``."""
+
+    budget: int
+    C: int
+    next_macs: int
+
+
+@dataclass(frozen=True)
+class NetworkReport:
+    genotype: Genotype
+    config: NetConfig
+    params: int        # auxiliary head excluded
+    aux_params: int
+    macs: int          # edgenas' count (costs.MAC_CONVENTION), per sample
+    thop_macs: int | None
+    mobile: bool | None  # meets the mobile setting; None where it does not apply
+    mobile_note: str
+    latency: Any = None  # costs.LatencyPrediction when a profile was given
+    fit: ChannelFit | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from edgenas.costs import MAC_CONVENTION
+
+        return {
+            "genotype": self.genotype.to_dict(),
+            "config": self.config.to_dict(),
+            "params": self.params,
+            "aux_params": self.aux_params,
+            "params_note": "auxiliary head excluded, as the DARTS papers count",
+            "macs": self.macs,
+            "thop_macs": self.thop_macs,
+            "mac_convention": MAC_CONVENTION,
+            "thop_note": "thop also counts BatchNorm (and some pooling), so it reads higher",
+            "mobile_setting": {"meets": self.mobile, "limit_macs": MOBILE_MAC_LIMIT, "note": self.mobile_note},
+            "latency": self.latency.to_dict() if self.latency is not None else None,
+            "fit": None if self.fit is None else {"budget_macs": self.fit.budget, "C": self.fit.C,
+                                                  "next_C": self.fit.C + 2, "next_macs": self.fit.next_macs},
+        }
+
+
+def inspect_network(genotype: Genotype, cfg: NetConfig, *, profile: Any = None,
+                    mac_budget: int | None = None) -> NetworkReport:
+    """Params, MACs (ours and thop's), mobile-setting verdict and, with a profile, predicted latency.
+
+    With ``mac_budget`` the configuration's C is first replaced by the largest even C that fits.
+    """
+    from edgenas.costs import count_params, fit_channels, measure_costs, network_macs, predict_latency
+
+    fit = None
+    if mac_budget is not None:
+        cfg = fit_channels(genotype, cfg, mac_budget)
+        fit = ChannelFit(mac_budget, cfg.C, network_macs(genotype, replace(cfg, C=cfg.C + 2)))
+    net = build_network(genotype, cfg)
+    costs = measure_costs(net, cfg.input_shape, exclude_params=(AUX_PREFIX,))
+    if not cfg.imagenet:
+        mobile, note = None, "the mobile setting applies to ImageNet networks (--setting imagenet-mobile)"
+    elif cfg.input_hw != MOBILE_HW:
+        mobile, note = None, (f"the mobile setting is defined at 224x224; this input is "
+                              f"{cfg.input_hw[0]}x{cfg.input_hw[1]}")
+    else:
+        mobile = costs.macs < MOBILE_MAC_LIMIT
+        note = f"{'meets' if mobile else 'exceeds'} the mobile setting (< 600 M MACs at 224x224)"
+    return NetworkReport(
+        genotype=genotype, config=cfg, params=costs.params,
+        aux_params=count_params(net) - costs.params, macs=costs.macs, thop_macs=costs.thop_macs,
+        mobile=mobile, mobile_note=note,
+        latency=predict_latency(genotype, cfg, profile) if profile is not None else None, fit=fit,
+    )

@@ -7,13 +7,14 @@ and writes the PNG atomically. Add new figures here so there is one place that k
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgenas.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from edgenas.genotypes import Genotype
     from edgenas.profiling import Profile
 
 
@@ -74,4 +75,72 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
     ax_m.set_title(f"memory: {', '.join(kinds)}", fontsize=8)
     ax_m.grid(axis="y", alpha=0.3)
     ax_m.set_xticks(centers, [f"C={s.C} {s.H}x{s.W}\nstride {s.stride}" for s in shapes], fontsize=8)
+    return save_figure(fig, path)
+
+
+def _draw_cell(ax: Any, edges: tuple[tuple[str, int], ...], concat: tuple[int, ...], title: str) -> None:
+    """One cell as a left-to-right graph: inputs, intermediate nodes, output; edges carry op names.
+
+    The intermediate nodes stand in one column; edges from the inputs are labelled at 35% (from
+    c_{k-2}) or 65% (from c_{k-1}) of their length so the two fans' labels never share a spot, and
+    edges between intermediate nodes bend out to the right of the column.
+    """
+    steps = len(edges) // 2
+    gap = 1.5
+    top = gap * (steps - 1) / 2
+    pos = {0: (0.0, gap), 1: (0.0, -gap)}
+    pos.update({j + 2: (3.2, top - gap * j) for j in range(steps)})
+    out = steps + 2
+    pos[out] = (6.4, 0.0)
+    names = {0: r"$c_{k-2}$", 1: r"$c_{k-1}$", out: r"$c_{k}$", **{j + 2: str(j) for j in range(steps)}}
+    colors = {0: "#c8e6c9", 1: "#c8e6c9", out: "#fff59d"}
+    arrow = {"arrowstyle": "-|>", "color": "0.25", "lw": 1.0, "shrinkA": 13, "shrinkB": 13}
+
+    def curve(src: int, dst: int, rad: float, t: float, **style: Any) -> tuple[float, float]:
+        """Draw an arc3 arrow; return the point at parameter t of its quadratic Bezier curve."""
+        (x1, y1), (x2, y2) = pos[src], pos[dst]
+        ax.annotate("", xy=(x2, y2), xytext=(x1, y1),
+                    arrowprops={**arrow, **style, "connectionstyle": f"arc3,rad={rad}"})
+        # matplotlib's arc3 control point (equal aspect, so data units match display units)
+        cx, cy = (x1 + x2) / 2 + rad * (y2 - y1), (y1 + y2) / 2 - rad * (x2 - x1)
+        return ((1 - t) ** 2 * x1 + 2 * (1 - t) * t * cx + t * t * x2,
+                (1 - t) ** 2 * y1 + 2 * (1 - t) * t * cy + t * t * y2)
+
+    repeats: dict[tuple[int, int], int] = {}
+    for i, (op, src) in enumerate(edges):
+        dst = i // 2 + 2
+        n = repeats.get((src, dst), 0)
+        repeats[src, dst] = n + 1
+        if src < 2:
+            rad, t = 0.15 * n, (0.35 if src == 0 else 0.65)
+        else:  # downward within the column: a negative rad bends right; longer spans bend further
+            rad, t = -(0.1 + 0.2 * (dst - src) + 0.15 * n), 0.5
+        lx, ly = curve(src, dst, rad, t)
+        ax.text(lx, ly, op, fontsize=7, ha="center", va="center", color="#1a237e", zorder=2,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})
+    for s_ in concat:
+        curve(s_, out, 0.0, 0.5, color="0.6", linestyle="--")
+    for state, (x, y) in pos.items():
+        ax.text(x, y, names[state], fontsize=10, ha="center", va="center", zorder=3,
+                bbox={"boxstyle": "round,pad=0.4", "fc": colors.get(state, "#bbdefb"), "ec": "0.3"})
+    ax.set_title(title, fontsize=10)
+    ax.set_xlim(-0.7, pos[out][0] + 0.7)
+    ax.set_ylim(-max(top, gap) - 0.8, max(top, gap) + 0.8)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def plot_genotype(genotype: Genotype, path: str | Path, *, title: str = "") -> Path:
+    """The normal and the reduction cell of ``genotype`` side by side (cf. EL-DARTS Fig. 4).
+
+    Nodes: the cell inputs c_{k-2}, c_{k-1}, intermediate nodes 0..n-1 and the output c_{k}; solid
+    edges are labelled with their operator, dashed edges feed the output concatenation.
+    """
+    steps = max(len(genotype.normal), len(genotype.reduce)) // 2
+    fig = new_figure(14.0, max(4.0, 1.1 * steps + 1.2))
+    ax_n, ax_r = fig.subplots(1, 2)
+    _draw_cell(ax_n, genotype.normal, genotype.normal_concat, "(a) normal cell")
+    _draw_cell(ax_r, genotype.reduce, genotype.reduce_concat, "(b) reduction cell")
+    if title:
+        fig.suptitle(title, fontsize=11)
     return save_figure(fig, path)
