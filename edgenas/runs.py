@@ -116,14 +116,32 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
                            f"{CHECKPOINT_VERSION}", "restart the run with this edgenas version")
     config = doc.get("config", {})
     for key, want in (expect or {}).items():
-        have = config.get(key, "<absent>")
-        if _canonical(have) != _canonical(want):
+        diff = _first_difference(_canonical(config.get(key, "<absent>")), _canonical(want), key)
+        if diff is not None:
+            where, have, asked = diff
             raise EdgenasError(
-                f"{what} {path} was made with {key}={_describe(have)}, but this run asks for "
-                f"{key}={_describe(want)}",
+                f"{what} {path} was made with {where}={_describe(have)}, but this run asks for "
+                f"{where}={_describe(asked)}",
                 "resume with the same settings, or choose a new --out folder for a new run",
             )
     return doc
+
+
+def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
+    """The first leaf where two JSON values differ, as (dotted path, a's value, b's value)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            d = _first_difference(x, y, f"{where}[{i}]")
+            if d is not None:
+                return d
+        return None
+    return None if a == b else (where, a, b)
 
 
 def _canonical(value: Any) -> Any:
@@ -194,15 +212,19 @@ class RunDir:
     def figures(self) -> Path:
         return self.root / "figures"
 
-    def prepare(self, *, resume: bool, what: str) -> None:
-        """Refuse to overwrite an earlier run by accident, and to resume a run that is not there."""
+    def check(self, *, resume: bool, what: str) -> None:
+        """Refuse to overwrite an earlier run by accident, and to resume a run that is not there.
+
+        Read-only, so every rank of a distributed job can run it and fail together.
+        """
         if resume and not self.last.exists():
             raise EdgenasError(f"cannot resume: {self.last} does not exist",
                                f"start the {what} without --resume, or pass the --out folder of the run")
         if not resume and self.last.exists():
             raise EdgenasError(f"{self.root} already holds a {what} ({self.last.name})",
                                "pass --resume to continue it, or choose another --out folder")
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise EdgenasError(f"run folder {self.root} is a file", "choose another --out folder")
 
     def write_config(self, kind: str, config: Mapping[str, Any]) -> Path:
         return write_json(self.config, RUN_FORMAT, RUN_VERSION, {"kind": kind, "config": dict(config)})
@@ -281,6 +303,20 @@ def gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last training step each rank
+    holds statistics of its own last batch; evaluation and checkpoints need one agreed set.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for buf in unwrap(model).buffers():
+        dist.broadcast(buf, src=0)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DistributedDataParallel wrapper (itself otherwise)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -336,13 +372,18 @@ def epoch_progress(epochs: int, *, quiet: bool, start: int = 0, label: str = "ep
 
 # --- metrics and the one evaluation loop -------------------------------------------------------
 
-def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Top-k accuracy in percent for each k (k larger than the class count counts as all classes)."""
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """How many samples have their target among the top k logits, for each k (a device tensor:
+    no host synchronisation inside a training loop). k beyond the class count means every class."""
     maxk = min(max(topk), logits.size(1))
-    pred = logits.topk(maxk, dim=1).indices  # (B, maxk)
-    hit = pred.eq(target.unsqueeze(1))
+    hit = logits.topk(maxk, dim=1).indices.eq(target.unsqueeze(1))  # (B, maxk)
+    return torch.stack([hit[:, : min(k, maxk)].any(dim=1).sum() for k in topk])
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor, topk: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Top-k accuracy in percent for each k."""
     n = max(target.numel(), 1)
-    return [hit[:, : min(k, maxk)].any(dim=1).float().sum().item() * 100.0 / n for k in topk]
+    return [c * 100.0 / n for c in topk_correct(logits, target, topk).tolist()]
 
 
 class Loader(Protocol):
@@ -373,7 +414,7 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device, *,
     criterion = criterion or nn.functional.cross_entropy
     was_training = model.training
     model.eval()
-    loss_sum, top1_sum, top5_sum, n = 0.0, 0.0, 0.0, 0
+    meter = RunningMean()
     batches: Iterable[Any] = progress.batches(loader, len(loader), label) if progress else loader
     with torch.no_grad():
         for x, y in batches:
@@ -383,33 +424,32 @@ def evaluate(model: nn.Module, loader: Loader, device: torch.device, *,
             with precision.autocast(device):
                 logits = model(x)
             logits = logits.float()
-            b = y.numel()
-            loss_sum += criterion(logits, y).item() * b
-            t1, t5 = accuracy(logits, y, (1, 5))
-            top1_sum += t1 * b
-            top5_sum += t5 * b
-            n += b
+            top1, top5 = topk_correct(logits, y, (1, 5))
+            meter.add(y.numel(), loss=criterion(logits, y) * y.numel(), top1=top1 * 100.0, top5=top5 * 100.0)
     model.train(was_training)
-    loss_sum, top1_sum, top5_sum, total = all_reduce_sum([loss_sum, top1_sum, top5_sum, float(n)], device)
-    total = max(total, 1.0)
-    return {"loss": loss_sum / total, "top1": top1_sum / total, "top5": top5_sum / total}
+    return meter.means(device)
 
 
 class RunningMean:
-    """Sample-weighted means of a few named numbers over an epoch (reduced over ranks at the end)."""
+    """Per-sample means of a few named sums over an epoch, reduced over ranks at the end.
+
+    ``add(n, name=sum_over_the_n_samples, ...)`` takes device tensors as they are, so a training
+    loop never waits on the host; the one synchronisation happens in :meth:`means`.
+    """
 
     def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.n = 0
 
-    def update(self, n: int, **values: float) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * n
+    def add(self, n: int, **sums: torch.Tensor | float) -> None:
+        for k, v in sums.items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.n += n
 
     def means(self, device: torch.device) -> dict[str, float]:
         keys = list(self.sums)
-        totals = all_reduce_sum([self.sums[k] for k in keys] + [float(self.n)], device)
+        totals = all_reduce_sum([float(self.sums[k]) for k in keys] + [float(self.n)], device)
         n = max(totals[-1], 1.0)
         return {k: totals[i] / n for i, k in enumerate(keys)}
 
@@ -479,8 +519,7 @@ def run_epochs(
     what = f"{kind} run"
     start, best_record = 0, None
     history = History(run.history)
-    if dist_info.main:
-        run.prepare(resume=resume, what=what)
+    run.check(resume=resume, what=what)
     if resume:
         ckpt = load_checkpoint(run.last, expect=identity, what=f"{kind} checkpoint")
         missing = [name for name in stateful if name not in ckpt.get("state", {})]
@@ -499,6 +538,7 @@ def run_epochs(
         if on_resume is not None:
             on_resume(ckpt)
     if dist_info.main:
+        run.root.mkdir(parents=True, exist_ok=True)
         run.write_config(kind, config)
         history.write()
 
