@@ -144,3 +144,29 @@ def plot_genotype(genotype: Genotype, path: str | Path, *, title: str = "") -> P
     if title:
         fig.suptitle(title, fontsize=11)
     return save_figure(fig, path)
+
+
+def plot_training_curves(records: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
+    """Loss and accuracy per epoch of a training run (the records of its ``history.jsonl``).
+
+    Left: train and test loss; right: train top-1, test top-1 and test top-5 (percent).
+    """
+    fig = new_figure(9.0, 3.6)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [r["epoch"] + 1 for r in records]
+    for ax, series, ylabel in (
+        (ax_loss, (("train_loss", "train"), ("test_loss", "test")), "loss"),
+        (ax_acc, (("train_top1", "train top-1"), ("test_top1", "test top-1"), ("test_top5", "test top-5")),
+         "accuracy (%)"),
+    ):
+        for key, label in series:
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
