@@ -329,7 +329,7 @@ def inspect_cmd(
         con.print(f"mobile setting: {rep.mobile_note}")
     lat = rep.latency
     if lat is not None:
-        con.print(f"latency from {profile}: {lat.device}, {lat.mode} mode, {lat.dtype}, batch {lat.batch}")
+        con.print(f"latency from {profile}: {lat.device}, {lat.mode} mode, {lat.dtype}, batch {lat.batch}", soft_wrap=True)
         table = Table("op", "CxHxW:s", "instances", "ms each", "ms")
         for s, n, ms in lat.looked_up:
             table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), f"{ms:.4g}", f"{n * ms:.4g}")
@@ -343,13 +343,13 @@ def inspect_cmd(
             shapes = ",".join(dict.fromkeys(f"{s.C}x{s.H}x{s.W}:{s.stride}" for s, _ in lat.missing))
             ops = ",".join(dict.fromkeys(s.op for s, _ in lat.missing))
             con.print(f"[red]no total: {len(lat.missing)} of {len(lat.missing) + len(lat.looked_up)} shapes are "
-                      f"missing from the profile[/red] (found ones sum to {lat.found_ms:.4g} ms); measure them with: "
-                      f"edgenas profile --ops {ops} --shapes {shapes}")
+                      f"missing from the profile[/red] (found ones sum to {lat.found_ms:.4g} ms); measure them with:")
+            con.print(f"  edgenas profile --ops {ops} --shapes {shapes}", soft_wrap=True)
         if lat.mode == "train":
             con.print("note: a train-mode profile times forward+backward; this is not an inference latency")
         con.print(f"covers {lat.covers}")
     if plot_path is not None:
-        con.print(f"cell diagrams: {plot_path}")
+        con.print(f"cell diagrams: {plot_path}", soft_wrap=True)
 
 # ------------------------------------------------------------------------------ train
 # (issue 4)

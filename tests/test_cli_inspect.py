@@ -1,0 +1,190 @@
+"""`edgenas inspect` and `edgenas list genotypes` through the CLI, including every bad-input path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgenas.cli import app
+from edgenas.costs import count_macs, network_macs
+from edgenas.genotypes import GENOTYPES, save_genotype
+from edgenas.nets import build_network, cell_shapes, default_config
+
+TINY = ["--channels", "8", "--layers", "5", "--input", "16x16"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(r, *needles: str) -> None:
+    """Exit 2, exactly one line on stderr naming the problem, no traceback."""
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    assert "Traceback" not in r.output
+
+
+def test_inspect_darts_v2_cifar_published_numbers() -> None:
+    r = run("inspect", "DARTS_V2", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["params"] == 3_349_342
+    cfg = default_config("cifar10")
+    assert out["macs"] == count_macs(build_network(GENOTYPES["DARTS_V2"], cfg), cfg.input_shape)
+    assert out["thop_macs"] > out["macs"]  # thop also counts BatchNorm
+    assert "Conv2d and Linear only" in out["mac_convention"]
+    assert out["mobile_setting"]["meets"] is None and out["latency"] is None and out["fit"] is None
+    assert out["config"]["C"] == 36 and out["config"]["layers"] == 20
+    # the human summary still goes to stderr under --json
+    assert "3,349,342" in r.stderr and "auxiliary head excluded" in r.stderr
+
+
+def test_inspect_imagenet_mobile_verdict() -> None:
+    r = run("inspect", "DARTS_V2", "--setting", "imagenet-mobile")
+    assert r.exit_code == 0, r.output
+    assert "4,718,752" in r.stdout and "meets the mobile setting" in r.stdout
+    assert "thop" in r.stdout and "1 MAC = 1 multiply-add" in r.stdout
+    # a wider network no longer meets it; another input size gets no verdict
+    r = run("inspect", "DARTS_V2", "--setting", "imagenet-mobile", "--channels", "64", "--json")
+    assert json.loads(r.stdout)["mobile_setting"]["meets"] is False
+    r = run("inspect", "DARTS_V2", "--setting", "imagenet-mobile", "--input", "64x64", "--json")
+    out = json.loads(r.stdout)
+    assert out["mobile_setting"]["meets"] is None and "224x224" in out["mobile_setting"]["note"]
+
+
+def test_inspect_grayscale_classes_and_files(tmp_path) -> None:
+    g = GENOTYPES["PC_DARTS_cifar"]
+    save_genotype(g, tmp_path / "g.json")
+    (tmp_path / "g.txt").write_text("best genotype = " + g.to_literal() + "\n")
+    outs = []
+    for spec in (tmp_path / "g.json", tmp_path / "g.txt", "PC_DARTS_cifar"):
+        r = run("inspect", spec, *TINY, "--classes", "7", "--in-channels", "1", "--json")
+        assert r.exit_code == 0, r.output
+        outs.append(json.loads(r.stdout))
+    assert outs[0]["genotype"] == outs[1]["genotype"] == g.to_dict()
+    assert outs[0]["macs"] == outs[1]["macs"] == outs[2]["macs"]
+    assert outs[0]["config"]["in_channels"] == 1 and outs[0]["config"]["num_classes"] == 7
+    assert outs[0]["name"] == "g" and outs[2]["name"] == "PC_DARTS_cifar"
+
+
+@pytest.mark.parametrize("budget", ["2M", "0.002G", "2000000"])
+def test_inspect_fit_macs_budget_forms(budget: str) -> None:
+    r = run("inspect", "DARTS_V2", "--layers", "5", "--input", "16x16", "--fit-macs", budget, "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    C = out["fit"]["C"]
+    assert out["config"]["C"] == C and C % 2 == 0
+    assert out["macs"] <= 2_000_000 < out["fit"]["next_macs"]
+    g = GENOTYPES["DARTS_V2"]
+    cfg = default_config("cifar10", layers=5, input_hw=(16, 16), C=C + 2)
+    assert out["fit"]["next_macs"] == network_macs(g, cfg)
+
+
+def test_inspect_plot_writes_png(tmp_path) -> None:
+    r = run("inspect", "DARTS_V1", *TINY, "--plot", tmp_path / "figs")
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "figs" / "DARTS_V1_cells.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(png) in r.stdout
+
+
+def _profile(tmp_path, genotype: str, skip: int) -> tuple:
+    from edgenas.device import TimingStats
+    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+
+    cfg = default_config("cifar10", C=8, layers=5, input_hw=(16, 16))
+    shapes = cell_shapes(GENOTYPES[genotype], cfg)
+    distinct = list(dict.fromkeys(shapes))
+    entries = [ProfileEntry(ShapeKey(*s), TimingStats(0.5, 0.4, 0.6, 0.5, 0.01, 5), 0, "test", 0, 0)
+               for s in distinct[skip:]]
+    path = Profile("cpu-test", 4, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    return path, shapes, distinct
+
+
+def test_inspect_profile_complete(tmp_path) -> None:
+    path, shapes, _ = _profile(tmp_path, "DARTS_V2", skip=0)
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path, "--json")
+    assert r.exit_code == 0, r.output
+    lat = json.loads(r.stdout)["latency"]
+    assert lat["complete"] and lat["total_ms"] == pytest.approx(0.5 * len(shapes))
+    assert sum(e["instances"] for e in lat["looked_up"]) == len(shapes) and lat["batch"] == 4
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path)
+    assert f"predicted latency: {0.5 * len(shapes):.4g} ms per batch of 4" in r.stdout
+    assert "cell operators only" in r.stdout and "stems" in r.stdout
+
+
+def test_inspect_profile_missing_shapes_are_listed(tmp_path) -> None:
+    path, _, distinct = _profile(tmp_path, "DARTS_V2", skip=2)
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path, "--json")
+    assert r.exit_code == 0, r.output
+    lat = json.loads(r.stdout)["latency"]
+    assert lat["total_ms"] is None and not lat["complete"]
+    assert [(m["op"], m["C"], m["H"], m["W"], m["stride"]) for m in lat["missing"]] == [tuple(s) for s in distinct[:2]]
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path)
+    assert "no total: 2 of" in r.stdout and "missing" in r.stdout
+    assert f"edgenas profile --ops {distinct[0].op}" in r.stdout.replace("\n", " ")
+
+
+def test_list_genotypes() -> None:
+    r = run("list", "genotypes", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert [row["name"] for row in rows] == list(GENOTYPES)
+    assert rows[1]["normal"] == GENOTYPES["DARTS_V2"].to_dict()["normal"]
+    r = run("list", "genotypes")
+    assert "PC_DARTS_image" in r.stdout and "Xu et al." in r.stdout
+
+
+def _bad_genotype(tmp_path, name: str, **changes) -> str:
+    d = GENOTYPES["DARTS_V2"].to_dict()
+    d.update(changes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"format": "edgenas.genotype", "version": 1, **d}))
+    return str(path)
+
+
+def _edges(i: int, edge: list) -> list:
+    e = GENOTYPES["DARTS_V2"].to_dict()["normal"]
+    e[i] = edge
+    return e
+
+
+def test_inspect_bad_genotypes(tmp_path) -> None:
+    assert_clean_failure(run("inspect", tmp_path / "missing.json"), "does not exist")
+    assert_clean_failure(run("inspect", "DARTS_V3"), "'DARTS_V3' is neither a built-in", "DARTS_V2", "PC_DARTS_image")
+    (tmp_path / "junk.txt").write_text("this is neither JSON nor a literal\n")
+    assert_clean_failure(run("inspect", tmp_path / "junk.txt"), "no Genotype(...) literal found")
+    (tmp_path / "broken.json").write_text('{"format": "edgenas.genotype", "version": 1, "normal": [')
+    assert_clean_failure(run("inspect", tmp_path / "broken.json"), "not valid JSON")
+    cases = {
+        "index": ({"normal": _edges(3, ["sep_conv_3x3", 4])}, "normal[3]: input index 4 does not precede node 1"),
+        "unknown": ({"normal": _edges(0, ["conv_9x9", 0])}, "normal[0]: unknown operator 'conv_9x9'"),
+        "none": ({"normal": _edges(2, ["none", 1])}, "normal[2]: 'none' cannot be chosen"),
+        "count": ({"reduce": GENOTYPES["DARTS_V2"].to_dict()["reduce"][:5]}, "reduce: 5 edges"),
+        "concat": ({"normal_concat": [2, 3, 7]}, "normal_concat: 7 is not an intermediate node"),
+    }
+    for name, (changes, message) in cases.items():
+        assert_clean_failure(run("inspect", _bad_genotype(tmp_path, name, **changes)), message, f"{name}.json")
+    literal = GENOTYPES["DARTS_V2"].to_literal().replace("('dil_conv_3x3', 2)", "('dil_conv_3x3', 9)")
+    (tmp_path / "lit.py").write_text(literal)
+    assert_clean_failure(run("inspect", tmp_path / "lit.py"), "normal[7]: input index 9 does not precede node 3")
+
+
+def test_inspect_bad_options(tmp_path) -> None:
+    assert_clean_failure(run("inspect", "DARTS_V2", "--setting", "imagenet-mobile", "--channels", "47"),
+                         "channel count 47 is odd", "even")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--layers", "5", "--input", "16x16", "--fit-macs", "1K"),
+                         "no network fits", "smallest, C=2")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--fit-macs", "lots"), "cannot read --fit-macs budget 'lots'")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--fit-macs", "600M", "--channels", "36"), "--fit-macs")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--input", "32by32"), "cannot read input size")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--setting", "mnist"), "unknown setting 'mnist'")
+    (tmp_path / "p.json").write_text("{}")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--profile", tmp_path / "p.json"), "field 'format'")
+    assert_clean_failure(run("inspect", "DARTS_V2", "--profile", tmp_path / "none.json"), "does not exist")
