@@ -673,7 +673,8 @@ def _decode_folder(path: Path, files: FileList, image_size: int | None) -> Raw:
 def describe(bundle: DataBundle) -> dict[str, Any]:
     """A JSON-able summary for run configs and reports."""
     return {"spec": str(bundle.spec), "train": len(bundle.train), "test": len(bundle.test),
-            "classes": bundle.num_classes, "channels": bundle.in_channels, "image_hw": list(bundle.image_hw),
+            "classes": bundle.num_classes, "class_names": list(bundle.classes), "channels": bundle.in_channels,
+            "image_hw": list(bundle.image_hw),
             "mean": list(bundle.mean), "std": list(bundle.std),
             "augment": {"crop_pad": bundle.train.augment.crop_pad, "flip": bundle.train.augment.flip,
                         "cutout": bundle.train.augment.cutout},
