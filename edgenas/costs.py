@@ -289,8 +289,9 @@ def fit_channels(genotype: Any, cfg: Any, mac_budget: int) -> Any:
     from edgenas.errors import EdgenasError
 
     def macs(C: int) -> int:
-        # Wide trial networks are built on the meta device (exact shapes, no memory) so a loose
-        # budget cannot allocate gigabytes; up to C=128 the CPU is faster (meta's first use costs ~1 s).
+        # Wide trial networks are built on the meta device (exact shapes, nothing allocated) so a
+        # loose budget cannot allocate gigabytes; up to C=128 the CPU is faster (meta's per-op
+        # dispatch is slow and its first use costs ~1 s).
         device = torch.device("meta") if C > 128 else None
         return network_macs(genotype, replace(cfg, C=C), device)
 

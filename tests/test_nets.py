@@ -196,3 +196,13 @@ def test_fit_channels_impossible_budget_names_the_smallest() -> None:
     with pytest.raises(EdgenasError, match=rf"smallest, C=2 .* needs .* \({smallest}\)"):
         fit_channels(g, cfg, smallest - 1)
     assert fit_channels(g, cfg, smallest).C == 2
+
+
+def test_fit_channels_wide_trials_on_meta_agree_with_cpu() -> None:
+    from edgenas.costs import fit_channels, network_macs
+
+    # C > 128 is counted on the meta device; the CPU count at C=130 must be exactly on the edge.
+    g, cfg = GENOTYPES["DARTS_V1"], tiny(layers=2, input_hw=(8, 8))
+    budget = network_macs(g, tiny(layers=2, input_hw=(8, 8), C=130))
+    assert fit_channels(g, cfg, budget).C == 130
+    assert fit_channels(g, cfg, budget - 1).C == 128
