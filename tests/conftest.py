@@ -64,3 +64,9 @@ def fashion_mnist_dir() -> Path:
     if not DATA.fashion_mnist.exists():
         pytest.skip(f"Fashion-MNIST idx files not found in {DATA.fashion_mnist}")
     return DATA.fashion_mnist
+
+
+# Tests use tiny tensors, where intra-op threads buy nothing; with several pytest processes (or
+# other jobs) on few cores, OpenMP's spinning threads slowed the inspect/nets tests 16x here
+# (239 s vs 14.5 s on the 2-core dev VM at load ~6). EDGENAS_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("EDGENAS_TEST_THREADS", "1")))
