@@ -66,6 +66,25 @@ def fashion_mnist_dir() -> Path:
     return DATA.fashion_mnist
 
 
+@pytest.fixture(scope="session")
+def tiny_train_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (tiny) train run folder: DARTS_V2 at C=4, 3 cells, one epoch on 100 synthetic 16x16
+    images (25 test images). Shared by the export tests; treat it as read-only."""
+    from edgenas.genotypes import get_genotype
+    from edgenas.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny-run") / "train-tiny"
+    cfg = TrainConfig(channels=4, layers=3, epochs=1, batch_size=32, cutout=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: a second thread only adds waiting on a busy machine
+    try:
+        train(get_genotype("DARTS_V2"), cfg, "synthetic:100", out=out, device=torch.device("cpu"), quiet=True,
+              genotype_name="DARTS_V2")
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 # Tests use tiny tensors, where intra-op threads buy nothing; with several pytest processes (or
 # other jobs) on few cores, OpenMP's spinning threads slowed the inspect/nets tests 16x here
 # (239 s vs 14.5 s on the 2-core dev VM at load ~6). EDGENAS_TEST_THREADS overrides.

@@ -1,0 +1,283 @@
+"""edgenas.export: ONNX export of a trained network, its checks, timing, int8 and report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgenas.errors import EdgenasError, VerificationError
+from edgenas.export import (
+    FORMAT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    VERSION,
+    ExportSettings,
+    OrtModel,
+    _remove_identities,
+    calibration_batches,
+    export_network,
+    load_export_data,
+    load_trained,
+    open_session,
+    physical_cores,
+    probe_providers,
+    read_metadata,
+    run_export,
+)
+from edgenas.files import read_json
+from edgenas.genotypes import get_genotype
+
+FAST = dict(runs=3, max_seconds=0.5, random_batches=2, max_warmup=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny networks: one PyTorch thread is as fast and does not stall on a busy shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_train_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One full export (dynamic batch, batch 2, int8) of the tiny trained run."""
+    out = tmp_path_factory.mktemp("export") / "tiny"
+    settings = ExportSettings(batch=2, dynamic_batch=True, quantize="int8", calibration=20, **FAST)
+    report = run_export(tiny_train_run, data=None, out=out, settings=settings, device=torch.device("cpu"))
+    return out, report.to_dict()
+
+
+def test_files_are_checked_onnx_with_names_and_metadata(exported: tuple[Path, dict], tiny_train_run: Path) -> None:
+    out, doc = exported
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model_int8.onnx", "report.json", "report.md"]
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    model = onnx.load(str(out / "model.onnx"))
+    assert [i.name for i in model.graph.input] == [INPUT_NAME]
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
+    assert not [n for n in model.graph.node if n.op_type == "Identity"]
+    net = load_trained(tiny_train_run)
+    meta = read_metadata(out / "model.onnx")
+    assert json.loads(meta["edgenas.genotype"]) == get_genotype("DARTS_V2").to_dict()
+    assert json.loads(meta["edgenas.net_config"]) == net.cfg.to_dict()
+    assert json.loads(meta["edgenas.classes"]) == list(net.classes) and len(net.classes) == 10
+    assert json.loads(meta["edgenas.mean"]) == list(net.mean)
+    assert json.loads(meta["edgenas.std"]) == list(net.std)
+    assert meta["edgenas.version"] and meta["edgenas.setting"] == "cifar10"
+    # ORT sees the same metadata, as a deployment would read it
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.get_modelmeta().custom_metadata_map["edgenas.genotype"] == meta["edgenas.genotype"]
+
+
+def test_onnx_computes_what_the_checkpoint_computes(exported: tuple[Path, dict], tiny_train_run: Path) -> None:
+    """Independent of the export's own verification: reload both and compare at a new batch size."""
+    out, _ = exported
+    net = load_trained(tiny_train_run)
+    x = torch.randn(5, *net.cfg.input_shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = net.model(x).numpy()
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    assert got.shape == (5, 10)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_report_verification_matches_pytorch_evaluation(exported: tuple[Path, dict], tiny_train_run: Path) -> None:
+    out, doc = exported
+    saved = read_json(out / "report.json", FORMAT, VERSION, "export report")
+    assert saved["verification"] == json.loads(json.dumps(doc["verification"]))
+    v = doc["verification"]
+    assert v["passed"] and v["atol"] == 1e-4
+    assert [p["inputs"] for p in v["parity"]] == ["random N(0,1) inputs", "test images"]
+    assert v["parity"][1]["n"] == 25 and all(p["max_abs_diff"] <= 1e-4 for p in v["parity"])
+    assert v["parity"][0]["n"] == 2 + 4  # batch 2, then batch 4 for the dynamic axis
+    t = v["test"]
+    assert t["n"] == 25 and t["agree"] == 25 and t["ort_top1"] == t["torch_top1"]
+    # the same accuracy through the project's one evaluation loop
+    from edgenas.data import make_loader
+    from edgenas.runs import evaluate
+
+    net = load_trained(tiny_train_run)
+    bundle = load_export_data(net, None, ExportSettings())
+    ref = evaluate(net.model, make_loader(bundle.test, 7, shuffle=False), torch.device("cpu"))
+    assert t["torch_top1"] == pytest.approx(ref["top1"])
+    hist = [json.loads(line) for line in (tiny_train_run / "history.jsonl").read_text().splitlines()]
+    assert t["torch_top1"] == pytest.approx(hist[-1]["test_top1"])
+
+
+def test_report_timing_costs_and_int8(exported: tuple[Path, dict]) -> None:
+    out, doc = exported
+    rows = {(t["runtime"], t["model"], t["batch"]) for t in doc["timing"]}
+    assert rows == {(rt, m, b) for rt, m in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch-eager", "fp32"))
+                    for b in (1, 2)}
+    for t in doc["timing"]:
+        s = t["stats"]
+        assert s["n"] >= 3 and 0 < s["p10"] <= s["median"] <= s["p90"]
+    cpu = next(t for t in doc["timing"] if t["runtime"] == "onnxruntime")
+    assert cpu["options"]["intra_op_num_threads"] == physical_cores() and cpu["options"]["allow_spinning"]
+    assert {s["batch"] for s in doc["speedup"]} == {1, 2}
+    providers = {p["key"]: p for p in doc["providers"]}
+    assert providers["cpu"]["usable"]
+    if not torch.cuda.is_available():
+        assert not providers["cuda"]["usable"] and providers["cuda"]["reason"]
+    assert doc["costs"]["macs"] > 0 and doc["costs"]["params"] > 0 and doc["costs"]["mobile"] is None
+    q = doc["int8"]
+    assert q["file"] == "model_int8.onnx" and q["scheme"]["calibration_images"] == 20
+    assert q["bytes"] == (out / "model_int8.onnx").stat().st_size
+    assert q["drop_points"] == pytest.approx(doc["verification"]["test"]["ort_top1"] - q["top1"])
+    int8 = onnx.load(str(out / "model_int8.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    assert "edgenas.quantization" in read_metadata(out / "model_int8.onnx")
+    md = (out / "report.md").read_text()
+    assert "## Verification" in md and "model_int8.onnx" in md and "CPUExecutionProvider" in md
+
+
+def test_fixed_batch_export_pads_the_last_chunk(tiny_train_run: Path, tmp_path: Path) -> None:
+    """Batch 2, static: 25 test images go through in chunks of 2 (the last one padded), and the
+    batch-1 ORT timing is skipped with a note instead of being faked."""
+    settings = ExportSettings(batch=2, providers="cpu", **FAST)
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "x", settings=settings,
+                     device=torch.device("cpu")).to_dict()
+    assert doc["onnx"]["input_shape"] == [2, 3, 16, 16]
+    assert doc["verification"]["test"]["agree"] == 25
+    assert {(t["runtime"], t["batch"]) for t in doc["timing"]} == {("onnxruntime", 2), ("pytorch-eager", 1),
+                                                                   ("pytorch-eager", 2)}
+    assert any("fixed batch of 2" in n for n in doc["timing_notes"])
+    assert [p["key"] for p in doc["providers"]] == ["cpu"]
+    assert doc["int8"] is None and not (tmp_path / "x" / "model_int8.onnx").exists()
+
+
+def test_failed_verification_leaves_nothing(tiny_train_run: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "bad"
+    real_run = OrtModel.run
+    monkeypatch.setattr(OrtModel, "run", lambda self, x: real_run(self, x) + 1e-3)
+    with pytest.raises(VerificationError, match="exceeds the fp32 threshold"):
+        run_export(tiny_train_run, data=None, out=out, settings=ExportSettings(**FAST), device=torch.device("cpu"))
+    assert list(out.iterdir()) == []  # no model, no report, no staging folder
+
+
+def test_disagreeing_predictions_fail_even_within_tolerance(tiny_train_run: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swapped prediction is caught by top-1 agreement when logits are checked loosely."""
+    def swap(self: OrtModel, x: np.ndarray) -> np.ndarray:
+        y = real_run(self, x)
+        return y[:, ::-1].copy() if len(x) > 10 else y  # only the test batches
+
+    real_run = OrtModel.run
+    monkeypatch.setattr(OrtModel, "run", swap)
+    with pytest.raises(VerificationError, match="predict different classes"):
+        run_export(tiny_train_run, data=None, out=tmp_path / "o",
+                   settings=ExportSettings(atol=1e6, eval_batch=25, **FAST), device=torch.device("cpu"))
+
+
+def test_settings_refuse_bad_values() -> None:
+    with pytest.raises(EdgenasError, match="opset 5"):
+        ExportSettings(opset=5)
+    with pytest.raises(EdgenasError, match="dynamo exporter"):
+        ExportSettings(opset=17, exporter="dynamo")
+    with pytest.raises(EdgenasError, match="unknown execution provider 'gpu'"):
+        ExportSettings(providers="gpu")
+    with pytest.raises(EdgenasError, match="quantisation"):
+        ExportSettings(quantize="int4")
+    assert ExportSettings(providers="CUDA, cpu").provider_keys == ("cuda", "cpu")
+    assert ExportSettings().provider_keys is None
+
+
+def test_providers_are_probed_by_running_a_session() -> None:
+    statuses = {s.key: s for s in probe_providers(None)}
+    assert list(statuses) == ["tensorrt", "cuda", "cpu"]
+    assert statuses["cpu"].usable
+    if not torch.cuda.is_available():
+        # onnxruntime-gpu lists CUDA as available here; only a session shows it cannot run
+        assert not statuses["cuda"].usable and statuses["cuda"].reason
+        with pytest.raises(EdgenasError, match="cuda .*cannot run here"):
+            probe_providers(["cuda"])
+
+
+@pytest.mark.needs_cuda
+def test_cuda_provider_runs_and_times_on_the_gpu(tiny_train_run: Path, tmp_path: Path) -> None:
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "g", settings=ExportSettings(providers="cuda,cpu", **FAST),
+                     device=torch.device("cuda")).to_dict()
+    assert any(t["provider"] == "CUDAExecutionProvider" for t in doc["timing"])
+
+
+def test_identity_nodes_are_bypassed() -> None:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["w1"]), helper.make_node("Add", ["x", "w1"], ["y"]),
+         helper.make_node("Identity", ["y"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])])
+    assert _remove_identities(g) == 1  # the one feeding the graph output stays
+    assert [n.op_type for n in g.node] == ["Add", "Identity"] and list(g.node[0].input) == ["x", "w"]
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.array([1.0], np.float32)})[0].tolist() == [3.0]
+
+
+def test_calibration_batches_fit_the_model_batch() -> None:
+    x = np.zeros((10, 1, 2, 2), np.float32)
+    assert [len(c) for c in calibration_batches(x, 4)] == [4, 4]
+    assert [len(c) for c in calibration_batches(x, None)] == [10]
+
+
+def test_dynamo_exporter_at_opset_18(tiny_train_run: Path, tmp_path: Path) -> None:
+    from edgenas.export import export_onnx
+
+    net = load_trained(tiny_train_run)
+    info = export_onnx(net, tmp_path / "m.onnx", ExportSettings(opset=18, exporter="dynamo", dynamic_batch=True))
+    assert info.opset == 18 and info.input_shape[0] == "batch" and not list(tmp_path.glob("*.data"))
+    session, status = open_session(tmp_path / "m.onnx", "cpu")
+    assert session is not None and status.usable
+    x = torch.randn(3, *net.cfg.input_shape)
+    with torch.no_grad():
+        want = net.model(x).numpy()
+    assert np.abs(OrtModel(session, status).run(x.numpy()) - want).max() <= 1e-4
+
+
+def test_mobile_verdict_for_imagenet_networks() -> None:
+    from edgenas.export import TrainedNet, _costs
+    from edgenas.nets import build_network, default_config
+
+    cfg = default_config("imagenet-mobile", C=4, layers=3, input_hw=(32, 32), num_classes=5)
+    net = TrainedNet(build_network(get_genotype("DARTS_V2"), cfg).eval(), get_genotype("DARTS_V2"), cfg,
+                     tuple("abcde"), (0.5,) * 3, (0.25,) * 3)
+    costs = _costs(net)
+    from edgenas.costs import count_macs
+
+    assert costs["mobile"] == {"macs_224": count_macs(net.model, (3, 224, 224)), "limit": 600_000_000, "passes": True}
+    assert costs["mobile"]["macs_224"] > costs["macs"]
+
+
+def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: Path) -> None:
+    """A hand-made profile holding every cell-op shape at 0.01 ms: the prediction is their sum."""
+    from edgenas.device import TimingStats
+    from edgenas.nets import cell_shapes
+    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+
+    net = load_trained(tiny_train_run)
+    shapes = cell_shapes(net.genotype, net.cfg)
+    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in shapes))
+    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys]
+    path = Profile("cpu-elsewhere", 1, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                     settings=ExportSettings(providers="cpu", **FAST)).to_dict()
+    p = doc["prediction"]
+    assert p["predicted_ms"] == pytest.approx(0.01 * len(shapes)) and p["missing"] == 0
+    eager = next(t for t in doc["timing"] if t["runtime"] == "pytorch-eager" and t["batch"] == 1)
+    assert p["measured_ms"] == eager["stats"]["median"]
+    assert p["relative_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"])
+    assert any("cpu-elsewhere" in w for w in doc["warnings"])
