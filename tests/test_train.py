@@ -28,8 +28,8 @@ def _private_cache(tmp_path, monkeypatch):
 
 
 def _tiny_cfg(**changes) -> TrainConfig:
-    return replace(protocol_defaults("cifar10"), channels=4, layers=3, epochs=2, batch_size=16, cutout=4,
-                   seed=3, **changes)
+    tiny = replace(protocol_defaults("cifar10"), channels=4, layers=3, epochs=2, batch_size=16, cutout=4, seed=3)
+    return replace(tiny, **changes)
 
 
 def test_protocol_defaults_follow_darts():
@@ -158,3 +158,33 @@ def test_cli_resume_refuses_a_foreign_or_missing_checkpoint(tmp_path):
     (out / "last.pt").write_bytes(before[: len(before) // 2])
     r = runner.invoke(app, ["train", "DARTS_V2", *base, "--resume"])
     assert r.exit_code == 2 and "last.pt is corrupt" in r.stderr
+
+
+def test_precision_amp_off_on_cpu_unless_asked(tmp_path):
+    from edgenas.runs import Precision
+    from edgenas.train import resolve_precision
+
+    assert resolve_precision(_tiny_cfg(), CPU) == Precision(None, True)
+    assert resolve_precision(_tiny_cfg(channels_last=False), CPU) == Precision(None, False)
+    cfg = _tiny_cfg(epochs=1, amp="bf16")
+    assert resolve_precision(cfg, CPU) == Precision(torch.bfloat16, True)
+    res = train(get_genotype("DARTS_V2"), cfg, "synthetic:32", out=tmp_path / "r", device=CPU, quiet=True)
+    conv = res.model.stem0[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and conv.dtype == torch.float32
+    assert math.isfinite(res.loop.history.records[0]["train_loss"])
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible to torch")
+def test_cuda_training_defaults_to_mixed_precision_and_channels_last(tmp_path):
+    from edgenas.device import resolve_device
+    from edgenas.train import resolve_precision
+
+    dev = resolve_device("cuda")
+    cfg = _tiny_cfg(epochs=1)
+    precision = resolve_precision(cfg, dev)
+    assert precision.amp in (torch.bfloat16, torch.float16) and precision.channels_last
+    res = train(get_genotype("DARTS_V2"), cfg, "synthetic:48", out=tmp_path / "r", device=dev, quiet=True)
+    assert next(res.model.parameters()).device.type == "cuda"
+    assert res.model.stem0[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(res.loop.history.records[0]["train_loss"])
