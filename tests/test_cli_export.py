@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,6 @@ from edgenas.export import OrtModel
 from edgenas.runs import load_checkpoint, save_checkpoint
 
 FAST = ["--runs", "2", "--warmup", "1", "--test-subset", "10"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny networks: one PyTorch thread is as fast and does not stall on a busy shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def invoke(*args: str | Path) -> tuple[int, str, str]:
