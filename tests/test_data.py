@@ -191,6 +191,9 @@ def test_imagefolder_bad_input(tmp_path, case, message):
 def test_missing_builtin_dataset_paths(tmp_path):
     with pytest.raises(EdgenasError, match="cifar10 not found"):
         load_data(f"cifar10:{tmp_path}")
+    (tmp_path / "cifar-100-python").mkdir()  # present but empty: torchvision's integrity check fails
+    with pytest.raises(EdgenasError, match="cifar100 in .* cannot be read"):
+        load_data(f"cifar100:{tmp_path}")
     with pytest.raises(EdgenasError, match="Fashion-MNIST folder"):
         load_data(f"fashion-mnist:{tmp_path / 'nope'}")
     with pytest.raises(EdgenasError, match="train-images-idx3-ubyte"):
