@@ -322,15 +322,12 @@ def _measure(
     if mode == "train":
         x.requires_grad_(True)
         inputs = [x, *(p for p in module.parameters() if p.requires_grad)]
-        grad_out: list[torch.Tensor] = []
+        grad_out = torch.ones_like(module(x).detach())
 
         def fn() -> None:
-            out = module(x)
-            if not grad_out:
-                grad_out.append(torch.ones_like(out))
             # autograd.grad returns the gradients instead of accumulating them into .grad, so
             # every timed run does the same work
-            torch.autograd.grad(out, inputs, grad_out[0])
+            torch.autograd.grad(module(x), inputs, grad_out)
     else:
         def fn() -> None:
             with torch.inference_mode():
