@@ -132,12 +132,12 @@ def profile_cmd(
     shapes: Optional[str] = typer.Option(
         None, "--shapes", help="C x H x W : stride, comma-separated, e.g. 16x32x32:1,32x32x32:2 "
         "(default: the shapes of the default DARTS search supernet)."),
-    batch: int = typer.Option(32, "--batch", min=1, help="Batch size of every timed call."),
+    batch: int = typer.Option(32, "--batch", help="Batch size of every timed call."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
     mode: str = typer.Option("forward", "--mode",
                              help="forward (inference, eval mode) | train (forward+backward, as search pays)"),
-    runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per op and shape (after warm-up)."),
-    max_seconds: float = typer.Option(2.0, "--max-seconds", min=0.01,
+    runs: int = typer.Option(30, "--runs", help="Timed runs per op and shape (after warm-up)."),
+    max_seconds: float = typer.Option(2.0, "--max-seconds",
                                       help="Cap on each entry's warm-up and timed phase (>= 5 runs kept)."),
     channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
     out: Optional[Path] = typer.Option(None, "--out", help="Profile JSON (default: profiles/<device-slug>.json)."),
@@ -163,12 +163,14 @@ def profile_cmd(
     resolve_dtype(dtype)
     if mode not in MODES:
         raise EdgenasError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
+    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, channels_last=channels_last)
+    if batch < 1:
+        raise EdgenasError(f"batch must be >= 1, got {batch}", "pass --batch 32 or similar")
     dev = resolve_device(device)
     out = out or Path("profiles") / f"{device_slug(dev)}.json"
     ensure_writable(out, "profile")  # fail now, not after a minute of measuring
     if plot is not None:
         ensure_writable(plot, "plot")
-    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, channels_last=channels_last)
     con = out_console(json_out, quiet)
 
     t0 = time.perf_counter()

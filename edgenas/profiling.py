@@ -155,6 +155,16 @@ class ProfileSettings:
     channels_last: bool = False
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.min_warmup < 0 or self.max_warmup < self.min_warmup:
+            raise EdgenasError(
+                f"bad run counts: runs={self.runs}, warm-up {self.min_warmup}..{self.max_warmup}",
+                "use --runs 1 or more",
+            )
+        if self.max_seconds <= 0 or self.tolerance < 0:
+            raise EdgenasError(f"max_seconds must be positive, got {self.max_seconds}",
+                               "pass e.g. --max-seconds 2")
+
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 

@@ -158,6 +158,9 @@ def test_prune_bad_options(tiny_profile, tmp_path):
     (["--dtype", "fp8"], ["unknown dtype 'fp8'"]),
     (["--mode", "backward"], ["unknown mode 'backward'"]),
     (["--device", "tpu"], ["unknown device 'tpu'"]),
+    (["--batch", "0"], ["batch must be >= 1"]),
+    (["--runs", "0"], ["runs=0"]),
+    (["--max-seconds", "-1"], ["max_seconds must be positive"]),
 ])
 def test_profile_bad_input(tmp_path, args, needles):
     out = tmp_path / "p.json"
