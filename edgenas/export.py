@@ -406,10 +406,12 @@ def physical_cores() -> int:
 
 @contextlib.contextmanager
 def _captured_output() -> Iterator[Callable[[], str]]:
-    """Capture what native code writes to file descriptors 1 and 2 (ORT reports a provider that
-    fails to load there, and prints to stdout, which would corrupt ``--json``)."""
+    """Capture what ORT writes while it tries a provider: native logs on file descriptors 1 and 2,
+    and Python ``print``s to ``sys.stdout``, which would otherwise corrupt ``--json`` output."""
+    import io
     import sys
 
+    py = io.StringIO()
     with tempfile.TemporaryFile(mode="w+b") as buf:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
@@ -419,14 +421,15 @@ def _captured_output() -> Iterator[Callable[[], str]]:
             for fd in (1, 2):
                 saved.append((fd, os.dup(fd)))
                 os.dup2(buf.fileno(), fd)
-        except OSError:  # no real descriptors (an embedding host): capture nothing
+        except OSError:  # no real descriptors (an embedding host): capture the Python side only
             for fd, old in saved:
                 os.dup2(old, fd)
                 os.close(old)
             saved = []
         text = ""
         try:
-            yield lambda: text  # read after the block: the closure sees the final text
+            with contextlib.redirect_stdout(py), contextlib.redirect_stderr(py):
+                yield lambda: text  # read after the block: the closure sees the final text
         finally:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):
@@ -435,7 +438,7 @@ def _captured_output() -> Iterator[Callable[[], str]]:
                 os.dup2(old, fd)
                 os.close(old)
             buf.seek(0)
-            text = buf.read().decode("utf-8", "replace")
+            text = buf.read().decode("utf-8", "replace") + py.getvalue()
 
 
 def _failure_reason(log: str) -> str:
@@ -780,8 +783,14 @@ def calibration_batches(images: np.ndarray, batch: int | None) -> list[np.ndarra
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batch: int | None,
-                  extra_metadata: dict[str, str]) -> dict[str, Any]:
-    """Static QDQ int8 quantisation of ``fp32_path`` calibrated on ``calibration`` (N, C, H, W)."""
+                  extra_metadata: dict[str, str], *, for_tensorrt: bool = False) -> dict[str, Any]:
+    """Static QDQ quantisation of ``fp32_path`` calibrated on ``calibration`` (N, C, H, W).
+
+    Weights are int8, symmetric, per output channel. Activations are asymmetric uint8 (ORT's fast
+    x86 path, U8S8: 1.2 ms vs 3.2 ms for int8 activations on the dev VM's EPYC, DARTS_V2 C=16,
+    8 cells, batch 1, one thread), or symmetric int8 when TensorRT will run the model (TensorRT
+    takes only signed, zero-point-free QDQ).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -803,12 +812,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
     with _captured_output():  # the quantiser logs through the root logger and prints
         quant_pre_process(str(fp32_path), str(pre))  # ORT's recommended shape inference + folding
         quantize_static(str(pre), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=QDQ_OPS,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        op_types_to_quantize=QDQ_OPS,
+                        extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True})
     pre.unlink(missing_ok=True)
     images = sum(len(c) for c in chunks)
-    scheme = {"format": "QDQ", "weights": "int8, per output channel, symmetric", "activations": "int8, per tensor",
+    activations = "int8, per tensor, symmetric" if for_tensorrt else "uint8, per tensor, asymmetric"
+    scheme = {"format": "QDQ", "weights": "int8, per output channel, symmetric", "activations": activations,
               "calibration": "MinMax", "calibration_images": images, "ops": QDQ_OPS}
     proto = onnx.load(str(out_path))
     del proto.metadata_props[:]
@@ -1173,7 +1184,9 @@ def _quantize(net: TrainedNet, bundle: DataBundle, staging: Path, statuses: list
     n = min(settings.calibration, len(train))
     x, _ = train.batch(torch.arange(n), torch.device("cpu"))  # no generator: no augmentation
     fixed = None if settings.dynamic_batch else settings.batch
-    scheme = quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, x.numpy(), fixed, metadata(net))
+    tensorrt = any(s.key == "tensorrt" and s.usable for s in statuses)
+    scheme = quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, x.numpy(), fixed, metadata(net),
+                           for_tensorrt=tensorrt)
     cpu_int8 = reference_session(staging / INT8_FILE, threads)
     _, (logits,), labels = collect_logits(None, cpu_int8, bundle.test, device, settings.eval_batch)
     del cpu_int8

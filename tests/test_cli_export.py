@@ -32,7 +32,8 @@ def assert_refused(code: int, err: str, *phrases: str, exit_code: int = 2) -> No
 
 def test_export_json(tiny_train_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "exp"
-    code, stdout, err = invoke(tiny_train_run, "--out", out, "--json", "--providers", "cpu", *FAST)
+    # auto providers: on a machine without a GPU, ORT prints its CUDA/TensorRT failures; stdout stays JSON
+    code, stdout, err = invoke(tiny_train_run, "--out", out, "--json", *FAST)
     assert code == 0, err
     doc = json.loads(stdout)
     assert doc["verification"]["passed"] and doc["verification"]["test"]["n"] == 10

@@ -271,3 +271,27 @@ def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: P
     assert p["measured_ms"] == eager["stats"]["median"]
     assert p["relative_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"])
     assert any("cpu-elsewhere" in w for w in doc["warnings"])
+
+
+@pytest.mark.parametrize("for_tensorrt,zero_point_type", [(False, onnx.TensorProto.UINT8), (True, onnx.TensorProto.INT8)])
+def test_int8_activation_type_follows_the_target(exported: tuple[Path, dict], tmp_path: Path, for_tensorrt: bool,
+                                                 zero_point_type: int) -> None:
+    from edgenas.export import quantize_int8
+
+    out, _ = exported
+    calib = np.random.default_rng(0).standard_normal((4, 3, 16, 16), dtype=np.float32)
+    scheme = quantize_int8(out / "model.onnx", tmp_path / "q.onnx", calib, None, {"edgenas.version": "x"},
+                           for_tensorrt=for_tensorrt)
+    model = onnx.load(str(tmp_path / "q.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    q_input = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME)
+    assert inits[q_input.input[2]].data_type == zero_point_type
+    assert scheme["activations"].startswith("int8" if for_tensorrt else "uint8")
+    assert not list(tmp_path.glob("*.pre.onnx"))
+
+
+def test_int8_warning_only_beyond_one_point() -> None:
+    from edgenas.export import int8_warning
+
+    assert int8_warning(90.0, 89.0) == ""
+    assert "1.50 points below fp32" in int8_warning(90.0, 88.5)
