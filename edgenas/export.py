@@ -116,8 +116,8 @@ class ExportSettings:
         if not lo <= self.opset <= hi:
             raise EdgenasError(f"opset {self.opset} is outside what the {self.exporter} exporter writes "
                                f"({lo}..{hi})", f"use --opset between {lo} and {hi}")
-        checks = [("batch", self.batch >= 1), ("calibration", self.calibration >= 1),
-                  ("runs", self.runs >= 1), ("max warmup", self.max_warmup >= 1), ("threads", self.threads >= 0), ("atol", self.atol > 0),
+        checks = [("batch", self.batch >= 1), ("calibration", self.calibration >= 1), ("runs", self.runs >= 1),
+                  ("max warmup", self.max_warmup >= 1), ("threads", self.threads >= 0), ("atol", self.atol > 0),
                   ("eval batch", self.eval_batch >= 1), ("random batches", self.random_batches >= 1)]
         for name, ok in checks:
             if not ok:
@@ -182,7 +182,8 @@ def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") 
 
     path = Path(path)
     if not path.exists():
-        raise EdgenasError(f"{path} does not exist", "pass a train run folder (edgenas train --out) or its best.pt/last.pt")
+        raise EdgenasError(f"{path} does not exist",
+                           "pass a train run folder (edgenas train --out) or its best.pt/last.pt")
     if path.is_dir():
         run = RunDir(path)
         ckpt_path = run.best if run.best.exists() else run.last
@@ -235,10 +236,15 @@ def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") 
         data=config.get("data"),
         source={"name": name, "checkpoint": str(ckpt_path), "epoch": doc.get("epoch"),
                 "genotype_name": config.get("genotype_name") or None,
-                "test_top1_at_training": (doc.get("history") or [{}])[-1].get("test_top1")
-                if isinstance(doc.get("history"), list) and doc.get("history") else None},
+                "test_top1_at_training": _last_test_top1(doc.get("history"))},
         data_channels=config.get("in_channels"), seed=int(config.get("seed") or 0),
     )
+
+
+def _last_test_top1(history: Any) -> float | None:
+    """The test top-1 the training loop measured at the checkpoint's epoch (on its test subset)."""
+    last = history[-1] if isinstance(history, list) and history and isinstance(history[-1], dict) else {}
+    return last.get("test_top1")
 
 
 # --- ONNX export -------------------------------------------------------------------------------
@@ -353,8 +359,8 @@ def export_onnx(net: TrainedNet, path: str | Path, settings: ExportSettings,
         raise EdgenasError(f"torch.onnx ({settings.exporter} exporter) could not export the network at opset "
                            f"{settings.opset}: {msg}", "try the default --opset 17 or the other --exporter") from None
     proto = onnx.load(str(path))
-    if proto.opset_import and max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) != settings.opset:
-        got = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    got = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=settings.opset)
+    if got != settings.opset:
         raise EdgenasError(f"the {settings.exporter} exporter wrote opset {got}, not the {settings.opset} asked for",
                            f"use --opset {got}, or --exporter torchscript for opsets below 18")
     _remove_identities(proto.graph)
@@ -653,26 +659,25 @@ def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return accuracy(logits, labels, (1,))[0]
 
 
-def collect_logits(model: nn.Module, runner: OrtModel | None, test: ImageTensors, device: torch.device,
-                eval_batch: int, ort_runners: Sequence[OrtModel] = ()) -> tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor]:
-    """Logits of every test image from PyTorch (if ``model``) and from each ORT runner, plus labels.
+Logits = tuple[torch.Tensor | None, list[torch.Tensor], torch.Tensor]
 
-    One pass over the data feeds every runtime the same normalised batch.
-    """
+
+def collect_logits(model: nn.Module | None, runners: Sequence[OrtModel], test: ImageTensors,
+                   device: torch.device, eval_batch: int) -> Logits:
+    """Logits of every test image from PyTorch (when ``model`` is given) and from each ORT runner,
+    and the labels; one pass over the data feeds every runtime the same normalised batch."""
     from edgenas.data import make_loader
 
-    runners = ([runner] if runner is not None else []) + list(ort_runners)
     torch_out: list[torch.Tensor] = []
     ort_out: list[list[torch.Tensor]] = [[] for _ in runners]
     labels: list[torch.Tensor] = []
-    loader = make_loader(test, eval_batch, shuffle=False, device=device)
     with torch.no_grad():
-        for x, y in loader:
+        for x, y in make_loader(test, eval_batch, shuffle=False, device=device):
             if model is not None:
                 torch_out.append(model(x).float().cpu())
             xn = x.float().cpu().numpy()
-            for i, r in enumerate(runners):
-                ort_out[i].append(torch.from_numpy(r.run(xn)))
+            for out, r in zip(ort_out, runners):
+                out.append(torch.from_numpy(r.run(xn)))
             labels.append(y.cpu())
     return (torch.cat(torch_out) if model is not None else None,
             [torch.cat(o) for o in ort_out], torch.cat(labels))
@@ -694,7 +699,7 @@ def check_parity(model: nn.Module, runner: OrtModel, net: TrainedNet, settings: 
             worst = max(worst, (want - got).abs().max().item())
             n += b
     random_parity = Parity("random N(0,1) inputs", n, worst, settings.atol)
-    t_logits, (o_logits,), labels = collect_logits(model, runner, test, device, settings.eval_batch)
+    t_logits, (o_logits,), labels = collect_logits(model, [runner], test, device, settings.eval_batch)
     assert t_logits is not None
     test_parity = Parity("test images", len(labels), (t_logits - o_logits).abs().max().item() if len(labels) else 0.0,
                          settings.atol)
@@ -792,7 +797,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
     takes only signed, zero-point-free QDQ).
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     chunks = calibration_batches(calibration, batch)
@@ -899,10 +905,10 @@ def _ms(t: float | None) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: the same facts as report.json, for a person."""
-    net, v, costs = report["network"], report["verification"], report["costs"]
+    net, v, costs, env = report["network"], report["verification"], report["costs"], report["environment"]
     lines = [f"# Export report: {report['name']}", "",
              f"edgenas {report['edgenas']}, {report['environment'].get('date', '')}, on "
-             f"{report['environment'].get('device_name', '')} ({report['environment'].get('cpu_count')} logical CPUs)", "",
+             f"{env.get('device_name', '')} ({env.get('cpu_count')} logical CPUs)", "",
              "## Network", "",
              f"- genotype: {net.get('genotype_name') or 'see below'}; setting {net['config']['setting']}, "
              f"C={net['config']['C']}, {net['config']['layers']} cells, input "
@@ -944,7 +950,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for sp in report["speedup"]:
         lines.append(f"\n{sp['runtime']} at batch {sp['batch']}: {sp['ratio_to_eager']:.3g}x PyTorch eager's time")
     lines += ["", "Execution providers:", ""]
-    lines += [f"- {p['name']}: {'used' if p['usable'] else 'unavailable — ' + p['reason']}" for p in report["providers"]]
+    lines += [f"- {p['name']}: {'used' if p['usable'] else 'unavailable: ' + p['reason']}"
+              for p in report["providers"]]
     lines += [f"- note: {n}" for n in report["timing_notes"]]
     if report["prediction"]:
         p = report["prediction"]
@@ -1188,7 +1195,7 @@ def _quantize(net: TrainedNet, bundle: DataBundle, staging: Path, statuses: list
     scheme = quantize_int8(staging / MODEL_FILE, staging / INT8_FILE, x.numpy(), fixed, metadata(net),
                            for_tensorrt=tensorrt)
     cpu_int8 = reference_session(staging / INT8_FILE, threads)
-    _, (logits,), labels = collect_logits(None, cpu_int8, bundle.test, device, settings.eval_batch)
+    _, (logits,), labels = collect_logits(None, [cpu_int8], bundle.test, device, settings.eval_batch)
     del cpu_int8
     top1 = _top1(logits, labels)
     drop = fp32_acc.ort_top1 - top1

@@ -108,8 +108,8 @@ def test_report_verification_matches_pytorch_evaluation(exported: tuple[Path, di
 def test_report_timing_costs_and_int8(exported: tuple[Path, dict]) -> None:
     out, doc = exported
     rows = {(t["runtime"], t["model"], t["batch"]) for t in doc["timing"]}
-    assert rows == {(rt, m, b) for rt, m in (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch-eager", "fp32"))
-                    for b in (1, 2)}
+    kinds = (("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch-eager", "fp32"))
+    assert rows == {(rt, m, b) for rt, m in kinds for b in (1, 2)}
     for t in doc["timing"]:
         s = t["stats"]
         assert s["n"] >= 3 and 0 < s["p10"] <= s["median"] <= s["p90"]
@@ -197,8 +197,8 @@ def test_providers_are_probed_by_running_a_session() -> None:
 
 @pytest.mark.needs_cuda
 def test_cuda_provider_runs_and_times_on_the_gpu(tiny_train_run: Path, tmp_path: Path) -> None:
-    doc = run_export(tiny_train_run, data=None, out=tmp_path / "g", settings=ExportSettings(providers="cuda,cpu", **FAST),
-                     device=torch.device("cuda")).to_dict()
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "g", device=torch.device("cuda"),
+                     settings=ExportSettings(providers="cuda,cpu", **FAST)).to_dict()
     assert any(t["provider"] == "CUDAExecutionProvider" for t in doc["timing"])
 
 
@@ -273,7 +273,8 @@ def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: P
     assert any("cpu-elsewhere" in w for w in doc["warnings"])
 
 
-@pytest.mark.parametrize("for_tensorrt,zero_point_type", [(False, onnx.TensorProto.UINT8), (True, onnx.TensorProto.INT8)])
+@pytest.mark.parametrize("for_tensorrt,zero_point_type",
+                         [(False, onnx.TensorProto.UINT8), (True, onnx.TensorProto.INT8)])
 def test_int8_activation_type_follows_the_target(exported: tuple[Path, dict], tmp_path: Path, for_tensorrt: bool,
                                                  zero_point_type: int) -> None:
     from edgenas.export import quantize_int8
