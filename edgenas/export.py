@@ -101,7 +101,7 @@ class ExportSettings:
     quantize: str | None = None      # None | int8
     calibration: int = 256           # training images for int8 calibration
     atol: float = FP32_ATOL
-    random_batches: int = 3
+    random_batches: int = 8
     eval_batch: int = 100            # PyTorch batch over the test set
     test_subset: int | None = None   # class-balanced test images (None: the whole test set)
     threads: int = 0                 # ORT intra-op threads; 0 = physical cores
@@ -936,7 +936,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["int8"]:
         q = report["int8"]
         lines += [f"INT8 ({q['scheme']['format']}, {q['scheme']['calibration_images']} calibration images): top-1 "
-                  f"{q['top1']:.2f}% through ONNX Runtime ({q['drop_points']:+.2f} points vs fp32), "
+                  f"{q['top1']:.2f}% through ONNX Runtime ({-q['drop_points']:+.2f} points vs fp32), "
                   f"{q['bytes']:,} bytes ({q['size_ratio']:.2f}x fp32).", ""]
     load = report["environment"].get("load_average_before_timing")
     lines += ["## Inference time", "", "Warm-up until stable, then timed runs; ms per batch"
@@ -1230,7 +1230,7 @@ def console_tables(doc: dict[str, Any]) -> list[Any]:
                     f"agreement {t['top1_agreement']:.2f}% of {t['n']}")
     if doc["int8"]:
         q = doc["int8"]
-        summary.add_row("int8 top-1", f"{q['top1']:.2f}% ({q['drop_points']:+.2f} points vs fp32 ORT), "
+        summary.add_row("int8 top-1", f"{q['top1']:.2f}% ({-q['drop_points']:+.2f} points vs fp32 ORT), "
                         f"{q['size_ratio']:.2f}x fp32 size")
     if doc["prediction"]:
         p = doc["prediction"]
