@@ -21,7 +21,6 @@ from edgenas.errors import EdgenasError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="edgenas",
