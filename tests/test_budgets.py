@@ -202,3 +202,39 @@ def test_latency_model_refuses_missing_shapes() -> None:
     profile = Profile("cpu-test", 1, "fp32", "forward", {}, entries)
     with pytest.raises(EdgenasError, match="lacks .* shape.*--profile-missing"):
         latency_model(cfg, ops, 2, profile)
+
+
+def test_plan_budgets_fails_early_with_the_minimum_and_confirms_results() -> None:
+    from edgenas.ops import EL_DARTS_OPS
+    from edgenas.search.budgets import BudgetSpec, plan_budgets
+
+    spec = BudgetSpec(mac_budget=1_000, setting="cifar10", channels=8, layers=5)
+    with pytest.raises(BudgetInfeasible, match="cheapest possible network needs"):
+        plan_budgets(spec, EL_DARTS_OPS, 3, profile_path=None, device=torch.device("cpu"))
+    with pytest.raises(EdgenasError, match="needs a profile"):
+        plan_budgets(BudgetSpec(latency_budget_ms=5.0), EL_DARTS_OPS, 3, profile_path=None,
+                     device=torch.device("cpu"))
+    # a budget between the cheapest and the unconstrained network binds, and is met
+    rng = np.random.default_rng(5)
+    w = {t: rng.dirichlet(np.ones(len(EL_DARTS_OPS)), size=num_edges(3)) for t in ("normal", "reduce")}
+    loose = plan_budgets(BudgetSpec(mac_budget=10**12, channels=8, layers=5), EL_DARTS_OPS, 3,
+                         profile_path=None, device=torch.device("cpu"))
+    free_macs = loose.report(w, None)["unconstrained"]["macs"]
+    tight = BudgetSpec(mac_budget=int(free_macs * 0.8), channels=8, layers=5)
+    plan = plan_budgets(tight, EL_DARTS_OPS, 3, profile_path=None, device=torch.device("cpu"))
+    rep = plan.report(w, None)
+    assert rep["constrained"]["macs"] <= tight.mac_budget < rep["unconstrained"]["macs"]
+
+
+@pytest.mark.parametrize("text,ms", [("12ms", 12.0), ("0.5s", 500.0), ("7", 7.0), ("250us", 0.25)])
+def test_parse_latency(text: str, ms: float) -> None:
+    from edgenas.search.budgets import parse_latency
+
+    assert parse_latency(text) == pytest.approx(ms)
+
+
+def test_parse_latency_rejects_garbage() -> None:
+    from edgenas.search.budgets import parse_latency
+
+    with pytest.raises(EdgenasError):
+        parse_latency("fast")

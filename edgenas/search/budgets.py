@@ -32,6 +32,8 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -371,3 +373,159 @@ def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
     return CostModel("latency_ms", "ms", ops, steps, tables, fixed=0.0,
                      note=f"sum of profiled cell operators at batch {profile.batch}; stems, "
                           "preprocessing and classifier are not included")
+
+
+# --- a budgeted search: what the CLI and `edgenas run` build from the user's options -------------
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """The user's budgets and the evaluation network they refer to."""
+
+    mac_budget: int | None = None
+    latency_budget_ms: float | None = None
+    setting: str = "cifar10"
+    channels: int | None = None     # None: the setting's default (36 CIFAR, 48 ImageNet mobile)
+    layers: int | None = None       # None: the setting's default (20 CIFAR, 14 ImageNet mobile)
+    budget_batch: int = 1           # latency budgets are per batch of this size
+    weight: float = 1.0             # search-time penalty weight
+    profile_missing: bool = False   # measure shapes the profile lacks instead of refusing
+
+    @property
+    def active(self) -> bool:
+        return self.mac_budget is not None or self.latency_budget_ms is not None
+
+    def net_config(self, in_channels: int = 3):
+        from edgenas.nets import default_config
+
+        over = {k: v for k, v in (("C", self.channels), ("layers", self.layers)) if v is not None}
+        return default_config(self.setting, in_channels=in_channels, **over)
+
+
+def parse_latency(text: str | float) -> float:
+    """``12ms``, ``0.012s``, ``12`` (ms) -> milliseconds."""
+    import re
+
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*(ms|s|us)?\s*", str(text))
+        if not m:
+            raise EdgenasError(f"cannot read latency budget {text!r}", "write it like 12ms or 0.012s")
+        value = float(m.group(1)) * {"ms": 1.0, None: 1.0, "s": 1e3, "us": 1e-3}[m.group(2)]
+    if value <= 0:
+        raise EdgenasError(f"latency budget must be positive, got {text!r}", "give e.g. 12ms")
+    return value
+
+
+@dataclass
+class BudgetPlan:
+    """Budgets bound to one search space and evaluation network: penalties, deriver, confirmation."""
+
+    spec: BudgetSpec
+    cfg: Any  # NetConfig of the evaluation network
+    ops: tuple[str, ...]
+    steps: int
+    budgets: dict[str, Budget]  # "mac_budget" / "latency_budget" -> Budget
+    profile: Any = None
+
+    def penalties(self) -> dict[str, Budget]:
+        return dict(self.budgets)
+
+    def derive(self, op_weights, edge_weights) -> Derivation:
+        return derive(op_weights, self.ops, self.steps, edge_weights,
+                      budgets=[(b.model, b.limit) for b in self.budgets.values()],
+                      setting=self.describe_setting())
+
+    def deriver(self):
+        return lambda op_weights, edge_weights: self.derive(op_weights, edge_weights).genotype
+
+    def describe_setting(self) -> str:
+        c = self.cfg
+        return f"{c.setting} (C={c.C}, {c.layers} cells, {c.input_hw[0]}x{c.input_hw[1]})"
+
+    def expected_costs(self, op_weights, edge_weights) -> dict[str, float]:
+        """Expected cost of the relaxed architecture per budget (logged each epoch)."""
+        with torch.no_grad():
+            return {name: float(b.model.expected(op_weights, edge_weights)) for name, b in self.budgets.items()}
+
+    def measure(self, genotype: Genotype) -> dict[str, Any]:
+        """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
+        from edgenas.costs import network_macs, predict_latency
+
+        out: dict[str, Any] = {"macs": network_macs(genotype, self.cfg)}
+        if self.profile is not None:
+            out["latency_ms"] = predict_latency(genotype, self.cfg, self.profile).total_ms
+        return out
+
+    def confirm(self, genotype: Genotype) -> dict[str, Any]:
+        """Build the network, count and predict its costs, and check every budget holds."""
+        measured = self.measure(genotype)
+        for b in self.budgets.values():
+            value = measured.get(b.model.resource)
+            if value is None or value > b.limit * (1 + 1e-9):
+                raise EdgenasError(
+                    f"internal check failed: the derived genotype's {b.model.resource} is {value}, "
+                    f"above the budget {b.limit}", "please report this as a bug")
+        return measured
+
+    def report(self, op_weights, edge_weights) -> dict[str, Any]:
+        """The constrained genotype beside the unconstrained argmax, each with its costs."""
+        free = derive(op_weights, self.ops, self.steps, edge_weights)
+        held = self.derive(op_weights, edge_weights)
+        limits = {b.model.resource: b.limit for b in self.budgets.values()}
+        return {
+            "setting": self.cfg.to_dict(),
+            "limits": limits,
+            "penalty": "weight * max(0, E[cost] / budget - 1)",
+            "weight": self.spec.weight,
+            "constrained": {"genotype": held.genotype.to_dict(), "score": held.score,
+                            **self.confirm(held.genotype)},
+            "unconstrained": {"genotype": free.genotype.to_dict(), "score": free.score,
+                              **self.measure(free.genotype)},
+            "notes": {b.model.resource: b.model.note for b in self.budgets.values()},
+        }
+
+
+def plan_budgets(spec: BudgetSpec, ops: Sequence[str], steps: int, *, profile_path: str | Path | None,
+                 device: torch.device, in_channels: int = 3) -> BudgetPlan | None:
+    """Build the cost models for ``spec`` (None when no budget is set) and fail early when the
+    budget cannot be met by any genotype of the space."""
+    if not spec.active:
+        return None
+    ops = tuple(ops)
+    cfg = spec.net_config(in_channels)
+    budgets: dict[str, Budget] = {}
+    profile = None
+    if spec.mac_budget is not None:
+        budgets["mac_budget"] = Budget(mac_model(cfg, ops, steps), float(spec.mac_budget), spec.weight)
+    if spec.latency_budget_ms is not None:
+        profile = _budget_profile(spec, cfg, ops, steps, profile_path, device)
+        budgets["latency_budget"] = Budget(latency_model(cfg, ops, steps, profile),
+                                           spec.latency_budget_ms, spec.weight)
+    plan = BudgetPlan(spec, cfg, ops, steps, budgets, profile)
+    # Uniform weights: derivation raises BudgetInfeasible (with the minimum) before any training.
+    uniform = {t: np.ones((num_edges(steps), len(ops))) for t in CELL_TYPES}
+    plan.derive(uniform, None)
+    return plan
+
+
+def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
+    from edgenas.profiling import Profile, ShapeKey, profile_missing
+
+    if profile_path is None:
+        raise EdgenasError("a latency budget needs a profile of the target device",
+                           "add --profile profiles/<device>.json (made by `edgenas profile`)")
+    profile = Profile.load(profile_path)
+    if profile.mode != "forward":
+        raise EdgenasError(f"{profile_path} was measured in {profile.mode!r} mode; a deployment latency "
+                           "budget needs inference (forward) timings",
+                           "profile with `edgenas profile --mode forward`")
+    if profile.batch != spec.budget_batch:
+        raise EdgenasError(f"{profile_path} was measured at batch {profile.batch}, the latency budget is "
+                           f"for batch {spec.budget_batch}",
+                           f"profile at --batch {spec.budget_batch} or pass --budget-batch {profile.batch}")
+    if spec.profile_missing:
+        needed: list = []
+        _edge_tables(cfg, ops, steps, lambda s: needed.append(ShapeKey(s.op, s.C, s.H, s.W, s.stride)) or 0.0)
+        profile = profile_missing(profile, needed, device)
+    return profile
