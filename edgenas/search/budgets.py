@@ -386,6 +386,8 @@ class BudgetSpec:
     setting: str = "cifar10"
     channels: int | None = None     # None: the setting's default (36 CIFAR, 48 ImageNet mobile)
     layers: int | None = None       # None: the setting's default (20 CIFAR, 14 ImageNet mobile)
+    input_hw: tuple[int, int] | None = None  # None: the setting's (32x32 CIFAR, 224x224 ImageNet)
+    num_classes: int | None = None  # None: the setting's (10, 100, 1000)
     budget_batch: int = 1           # latency budgets are per batch of this size
     weight: float = 1.0             # search-time penalty weight
     profile_missing: bool = False   # measure shapes the profile lacks instead of refusing
@@ -397,7 +399,8 @@ class BudgetSpec:
     def net_config(self, in_channels: int = 3):
         from edgenas.nets import default_config
 
-        over = {k: v for k, v in (("C", self.channels), ("layers", self.layers)) if v is not None}
+        over = {k: v for k, v in (("C", self.channels), ("layers", self.layers), ("input_hw", self.input_hw),
+                                  ("num_classes", self.num_classes)) if v is not None}
         return default_config(self.setting, in_channels=in_channels, **over)
 
 

@@ -1,0 +1,341 @@
+"""``edgenas run``: profile -> prune -> search -> train -> export in one run folder, then a report.
+
+Each stage calls the same library function its single command calls (no second implementation)
+and writes into the run folder::
+
+    <run>/config.json      the effective configuration (TOML file + command-line overrides)
+    <run>/stages.json      which stages have completed
+    <run>/profile.json     + figures/profile.png
+    <run>/space.json
+    <run>/search/          search run (checkpoints, history, genotype.json, figures)
+    <run>/budget.json      constrained vs unconstrained genotype (when a budget is set)
+    <run>/train/           retraining run (checkpoints, history, figures)
+    <run>/export/          model.onnx, report.json, report.md
+    <run>/report.md, report.html
+
+``--resume`` skips completed stages and resumes an interrupted search or training from its last
+epoch checkpoint, so the result equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgenas.errors import EdgenasError
+from edgenas.files import read_json, write_json
+
+STAGES = ("profile", "prune", "search", "train", "export", "report")
+CONFIG_FORMAT = "edgenas.pipeline-config"
+STAGES_FORMAT = "edgenas.pipeline-stages"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What the profile stage measures (the `edgenas profile` options)."""
+
+    ops: tuple[str, ...] = ()          # empty: the 8 DARTS operators
+    shapes: str | None = None          # None: the default search supernet's shapes
+    batch: int = 32
+    dtype: str = "fp32"
+    mode: str = "forward"
+    runs: int = 30
+    max_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The effective configuration of a run; each table maps onto one library config type."""
+
+    data: str = "fashion-mnist"
+    method: str = "el_darts"
+    device: str = "auto"
+    seed: int = 0
+    profile: ProfileOptions = field(default_factory=ProfileOptions)
+    prune: Any = None      # edgenas.space.PruneConfig
+    method_settings: dict[str, Any] = field(default_factory=dict)
+    search: Any = None     # edgenas.search.loop.SearchConfig
+    budget: Any = None     # edgenas.search.budgets.BudgetSpec
+    train: Any = None      # edgenas.train.TrainConfig
+    export: Any = None     # edgenas.export.ExportSettings
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if dataclasses.is_dataclass(v):
+                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, (tuple, list)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        return plain(self)
+
+
+def _section_types() -> dict[str, type]:
+    from edgenas.export import ExportSettings
+    from edgenas.search.budgets import BudgetSpec
+    from edgenas.search.loop import SearchConfig
+    from edgenas.space import PruneConfig
+    from edgenas.train import TrainConfig
+
+    return {"profile": ProfileOptions, "prune": PruneConfig, "search": SearchConfig,
+            "budget": BudgetSpec, "train": TrainConfig, "export": ExportSettings}
+
+
+def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, naming unknown keys (lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        raise EdgenasError(f"{where}: unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(fields))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise EdgenasError(f"{where}: {e}", "fix the value's type") from None
+
+
+def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
+    """Budget strings as users write them: mac_budget = "600M", latency_budget = "12ms"."""
+    from edgenas.costs import parse_count
+    from edgenas.search.budgets import parse_latency
+
+    out = dict(table)
+    if out.get("mac_budget") is not None:
+        out["mac_budget"] = parse_count(out["mac_budget"], "MAC budget")
+    if "latency_budget" in out:
+        value = out.pop("latency_budget")
+        out["latency_budget_ms"] = None if value is None else parse_latency(value)
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> PipelineConfig:
+    """The TOML file (if any) with command-line ``overrides`` applied on top.
+
+    Overrides use the flat CLI names: data, method, device, seed, mac_budget, latency_budget.
+    """
+    doc: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise EdgenasError(f"config file {path} does not exist", "check the path (see configs/demo.toml)")
+        try:
+            doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise EdgenasError(f"config file {path} is not valid TOML ({e})", "fix the file") from None
+    where = str(path) if path is not None else "config"
+    top = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    for key in ("data", "method", "device", "seed"):
+        if overrides.get(key) is not None:
+            top[key] = overrides[key]
+    budget = dict(tables.get("budget", {}))
+    for key in ("mac_budget", "latency_budget"):
+        if overrides.get(key) is not None:
+            budget[key] = overrides[key]
+    tables["budget"] = _budget_values(budget)
+    known = {"data", "method", "device", "seed"}
+    unknown = sorted(set(top) - known) + sorted(set(tables) - set(_section_types()) - {"method_settings"})
+    if unknown:
+        raise EdgenasError(f"{where}: unknown key or table {unknown[0]!r}",
+                           f"top-level keys: {', '.join(sorted(known))}; tables: "
+                           f"{', '.join([*_section_types(), 'method_settings'])}")
+    seed = int(top.get("seed", 0))
+    sections = {}
+    for name, cls in _section_types().items():
+        table = dict(tables.get(name, {}))
+        if name in ("search", "train") and "seed" in {f.name for f in dataclasses.fields(cls)}:
+            table.setdefault("seed", seed)
+        sections[name] = _typed(cls, table, f"{where} [{name}]")
+    return PipelineConfig(data=str(top.get("data", "fashion-mnist")), method=str(top.get("method", "el_darts")),
+                          device=str(top.get("device", "auto")), seed=seed,
+                          method_settings=dict(tables.get("method_settings", {})), **sections)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+@dataclass
+class StageState:
+    path: Path
+    done: list[str] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, path: Path) -> StageState:
+        if not path.exists():
+            return cls(path)
+        doc = read_json(path, STAGES_FORMAT, VERSION, "stage record")
+        return cls(path, [s for s in doc.get("completed", []) if s in STAGES])
+
+    def mark(self, stage: str) -> None:
+        if stage not in self.done:
+            self.done.append(stage)
+        write_json(self.path, STAGES_FORMAT, VERSION, {"completed": self.done})
+
+
+@dataclass
+class RunResult:
+    out: Path
+    ran: list[str]
+    skipped: list[str]
+    report_md: Path
+    report_html: Path
+    summary: dict[str, Any]
+
+
+Log = Callable[[str], None]
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, resume: bool = False,
+                 quiet: bool = False, log: Log = lambda _m: None,
+                 stop_after_stage: str | None = None, stop_after_epochs: int | None = None) -> RunResult:
+    """Run every stage into ``out``. ``stop_after_stage``/``stop_after_epochs`` end the call early,
+    as an interruption would (for tests of ``resume``)."""
+    out = Path(out)
+    config_path = out / "config.json"
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise EdgenasError(f"run folder {out} already holds a run",
+                               "add --resume to continue it, or choose another --out")
+        saved = read_json(config_path, CONFIG_FORMAT, VERSION, "run config")
+        if saved.get("config") != _json_round(cfg.to_dict()):
+            raise EdgenasError(f"{out} was started with another configuration",
+                               "resume with the same config and options, or choose another --out")
+    write_json(config_path, CONFIG_FORMAT, VERSION, {"config": cfg.to_dict()})
+    state = StageState.read(out / "stages.json")
+    stages = _Stages(cfg, out, device, quiet, log, stop_after_epochs)
+    ran: list[str] = []
+    for stage in STAGES:
+        if stage in state.done:
+            log(f"[{stage}] done already, skipped")
+            continue
+        log(f"[{stage}] running")
+        finished = getattr(stages, stage)()
+        if finished is False:  # interrupted inside (stop_after_epochs)
+            return _result(out, ran, state, stages)
+        state.mark(stage)
+        ran.append(stage)
+        if stage == stop_after_stage:
+            break
+    return _result(out, ran, state, stages)
+
+
+def _json_round(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _result(out: Path, ran: list[str], state: StageState, stages: _Stages) -> RunResult:
+    return RunResult(out, ran, [s for s in state.done if s not in ran], out / "report.md", out / "report.html",
+                     stages.summary())
+
+
+class _Stages:
+    """One method per stage; each calls the library function its single command uses."""
+
+    def __init__(self, cfg: PipelineConfig, out: Path, device: torch.device, quiet: bool, log: Log,
+                 stop_after_epochs: int | None) -> None:
+        self.cfg, self.out, self.device, self.quiet, self.log = cfg, out, device, quiet, log
+        self.stop = stop_after_epochs
+
+    @property
+    def profile_path(self) -> Path:
+        return self.out / "profile.json"
+
+    def profile(self) -> bool:
+        from edgenas.ops import DARTS_OPS, parse_ops
+        from edgenas.profiling import DEFAULT_SHAPES, ProfileSettings, parse_shapes, profile_ops
+        from edgenas.report import plot_profile
+
+        p = self.cfg.profile
+        ops = parse_ops(list(p.ops)) if p.ops else list(DARTS_OPS)
+        shapes = parse_shapes(p.shapes) if p.shapes else list(DEFAULT_SHAPES)
+        prof = profile_ops(self.device, ops, shapes, batch=p.batch, dtype=p.dtype, mode=p.mode,
+                           settings=ProfileSettings(runs=p.runs, max_seconds=p.max_seconds))
+        prof.save(self.profile_path)
+        plot_profile(prof, self.out / "figures" / "profile.png")
+        return True
+
+    def prune(self) -> bool:
+        from edgenas.profiling import Profile
+        from edgenas.space import prune
+
+        space = prune(Profile.load(self.profile_path), self.cfg.prune, source=str(self.profile_path))
+        space.save(self.out / "space.json")
+        self.log(f"[prune] kept {', '.join(space.ops)}")
+        return True
+
+    def _budget_plan(self, ops: tuple[str, ...]) -> Any:
+        """Budgets refer to the network this run trains and exports: its width, depth, input size
+        and classes fill whatever the [budget] table leaves unset."""
+        from edgenas.data import load_data
+        from edgenas.search.budgets import plan_budgets
+
+        bundle = load_data(self.cfg.data, subset=2, seed=self.cfg.seed)
+        t, spec = self.cfg.train, self.cfg.budget
+        spec = dataclasses.replace(
+            spec, channels=spec.channels or t.channels, layers=spec.layers or t.layers,
+            input_hw=spec.input_hw or bundle.image_hw, num_classes=spec.num_classes or bundle.num_classes,
+            profile_missing=True)  # the run measures on the device it profiled
+        return plan_budgets(spec, ops, self.cfg.search.nodes, profile_path=self.profile_path,
+                            device=self.device, in_channels=bundle.in_channels)
+
+    def search(self) -> bool:
+        from edgenas.search.loop import search
+        from edgenas.search.methods import make_method
+        from edgenas.space import SearchSpace
+
+        method = make_method(self.cfg.method, self.cfg.method_settings)
+        space = method.resolve_space(SearchSpace.load(self.out / "space.json"))
+        plan = self._budget_plan(space.ops) if self.cfg.budget.active else None
+        run = self.out / "search"
+        result = search(method, space, self.cfg.search, self.cfg.data, out=run, device=self.device,
+                        resume=(run / "last.pt").exists(), stop_after=self.stop, quiet=self.quiet,
+                        penalties=plan.penalties() if plan else None,
+                        deriver=plan.deriver() if plan else None, space_source=str(self.out / "space.json"))
+        if result.loop.epochs_done < self.cfg.search.epochs:
+            return False
+        if plan is not None:
+            last = result.loop.history.records[-1]
+            op_w = {t: torch.tensor(v) for t, v in last["op_weights"].items()}
+            edge = last.get("edge_weights") or {}
+            edge_w = {t: None if v is None else torch.tensor(v) for t, v in edge.items()} or None
+            write_json(self.out / "budget.json", "edgenas.budget-check", 1, plan.report(op_w, edge_w))
+        return True
+
+    def train(self) -> bool:
+        from edgenas.genotypes import load_genotype
+        from edgenas.train import train
+
+        genotype = load_genotype(str(self.out / "search" / "genotype.json"))
+        run = self.out / "train"
+        result = train(genotype, self.cfg.train, self.cfg.data, out=run, device=self.device,
+                       resume=(run / "last.pt").exists(), stop_after=self.stop, quiet=self.quiet,
+                       genotype_name=f"{self.cfg.method} search")
+        return result.loop.epochs_done >= self.cfg.train.epochs
+
+    def export(self) -> bool:
+        from edgenas.export import run_export
+
+        run_export(self.out / "train", data=self.cfg.data, out=self.out / "export", settings=self.cfg.export,
+                   device=self.device, profile=self.profile_path, log=self.log)
+        return True
+
+    def report(self) -> bool:
+        from edgenas.run_report import write_run_report
+
+        write_run_report(self.out, self.cfg.to_dict())
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        from edgenas.run_report import collect
+
+        return collect(self.out)

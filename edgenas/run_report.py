@@ -1,0 +1,260 @@
+"""The report of an ``edgenas run``: one Markdown file and one self-contained HTML file.
+
+Both are rendered from the same list of sections (text, tables, figures) gathered from the files the
+stages wrote, so they always say the same thing; the HTML embeds its figures as base64 PNGs and
+opens anywhere without the run folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgenas.files import write_text_atomic
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass
+class Figure:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Figure] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def _mmacs(v: Any) -> str:
+    return "-" if v is None else f"{v / 1e6:.2f} M"
+
+
+def _figure(path: Path, caption: str) -> list[Figure]:
+    return [Figure(path, caption)] if path.exists() else []
+
+
+def sections(out: Path, config: dict[str, Any]) -> list[Section]:
+    """Everything the run produced that a person wants to see, in chain order."""
+    out = Path(out)
+    secs: list[Section] = []
+
+    prof = _read_json(out / "profile.json")
+    s = Section("1. Profile")
+    if prof:
+        env = prof.get("environment", {})
+        s.blocks.append(f"Device **{env.get('device_name', prof.get('device'))}**, mode {prof.get('mode')}, "
+                        f"{prof.get('dtype')}, batch {prof.get('batch')}, torch {env.get('torch')}, "
+                        f"{env.get('torch_threads')} threads. Latency is the median over timed runs after a "
+                        "stable warm-up (ms per batch).")
+        rows = sorted(prof.get("entries", []), key=lambda e: e["latency_ms"]["median"])
+        s.blocks.append(Table(["op", "C x H x W : stride", "median ms", "p10", "p90", "MMACs", "params"],
+                              [[e["op"], f"{e['C']}x{e['H']}x{e['W']}:{e['stride']}",
+                                _f(e["latency_ms"]["median"], 3), _f(e["latency_ms"]["p10"], 3),
+                                _f(e["latency_ms"]["p90"], 3), _f(e["macs"] / 1e6, 3), e["params"]] for e in rows]))
+        s.blocks += _figure(out / "figures" / "profile.png", "Latency per operator and shape (EL-DARTS Fig. 1 analogue)")
+    else:
+        s.blocks.append("Not run yet.")
+    secs.append(s)
+
+    space = _read_json(out / "space.json")
+    s = Section("2. Pruned search space")
+    if space:
+        s.blocks.append("Kept: " + ", ".join(f"`{o}`" for o in space.get("ops", [])) + ".")
+        s.blocks.append(Table(["dropped", "rule", "why"],
+                              [[d.get("op"), d.get("rule"), d.get("reason")] for d in space.get("dropped", [])]))
+    else:
+        s.blocks.append("Not run yet.")
+    secs.append(s)
+
+    hist = _read_jsonl(out / "search" / "history.jsonl")
+    s = Section("3. Search")
+    if hist:
+        s.blocks.append(f"Method `{config.get('method')}`, {len(hist)} epoch(s).")
+        s.blocks.append(Table(
+            ["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "seconds", "peak MiB", "expected cost"],
+            [[r["epoch"] + 1, _f(r.get("train_top1")), _f(r.get("val_top1")), r.get("normal_skip_connect"),
+              _f(r.get("seconds"), 1), _f((r.get("peak_memory_bytes") or 0) / 2**20, 0),
+              "; ".join(f"{k} {_f(v['value'], 1)}" for k, v in (r.get("penalties") or {}).items()) or "-"]
+             for r in hist]))
+        geno = _read_json(out / "search" / "genotype.json")
+        if geno:
+            s.blocks.append("Derived genotype: `" + json.dumps({k: geno[k] for k in
+                            ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}) + "`")
+        s.blocks += _figure(out / "search" / "figures" / "arch_weights.png", "Operator weights per edge (EL-DARTS Fig. 3 analogue)")
+        s.blocks += _figure(out / "search" / "figures" / "genotype.png", "Final normal and reduction cells")
+    else:
+        s.blocks.append("Not run yet.")
+    secs.append(s)
+
+    budget = _read_json(out / "budget.json")
+    if budget:
+        s = Section("3b. Budget check")
+        limits = budget.get("limits", {})
+        s.blocks.append("Budgets: " + ", ".join(
+            f"{k} <= {_mmacs(v) if k == 'macs' else _f(v, 3) + ' ms'}" for k, v in limits.items())
+            + f"; search penalty {budget.get('penalty')} with weight {budget.get('weight')}.")
+        s.blocks.append(Table(["genotype", "MACs", "predicted latency ms"],
+                              [[name, _mmacs(budget[name].get("macs")), _f(budget[name].get("latency_ms"), 3)]
+                               for name in ("constrained", "unconstrained")]))
+        secs.append(s)
+
+    thist = _read_jsonl(out / "train" / "history.jsonl")
+    s = Section("4. Retraining")
+    if thist:
+        s.blocks.append(Table(["epoch", "lr", "train loss", "train top-1 %", "test top-1 %", "test top-5 %", "seconds"],
+                              [[r["epoch"] + 1, _f(r.get("lr"), 4), _f(r.get("train_loss"), 3), _f(r.get("train_top1")),
+                                _f(r.get("test_top1")), _f(r.get("test_top5")), _f(r.get("seconds"), 1)] for r in thist]))
+        s.blocks += _figure(out / "train" / "figures" / "training_curves.png", "Training curves")
+    else:
+        s.blocks.append("Not run yet.")
+    secs.append(s)
+
+    exp = _read_json(out / "export" / "report.json")
+    s = Section("5. Export")
+    if exp:
+        ver = exp.get("verification", {})
+        test = ver.get("test", {})
+        s.blocks.append(f"`model.onnx` (opset {exp.get('onnx', {}).get('opset')}): verification "
+                        f"**{'passed' if ver.get('passed') else 'FAILED'}**; test top-1 PyTorch "
+                        f"{_f(test.get('torch_top1'))}% vs ONNX Runtime {_f(test.get('ort_top1'))}%; "
+                        f"MACs {_mmacs(exp.get('costs', {}).get('macs'))}, params {exp.get('costs', {}).get('params')}.")
+        s.blocks.append(Table(["runtime", "model", "provider", "batch", "median ms", "p10", "p90", "n"],
+                              [[t.get("runtime"), t.get("model"), (t.get("provider") or t.get("device") or "")
+                                .removesuffix("ExecutionProvider"), t.get("batch"),
+                                *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
+                               for t in exp.get("timing", [])]))
+        unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
+        if unavailable:
+            s.blocks.append("Unavailable providers: " + "; ".join(
+                f"{p.get('name')}: {p.get('reason')}" for p in unavailable) + ".")
+        if budget:
+            macs = exp.get("costs", {}).get("macs")
+            lim = budget.get("limits", {}).get("macs")
+            if lim is not None and macs is not None:
+                s.blocks.append(f"Budget check of the exported network: {_mmacs(macs)} MACs "
+                                f"{'<=' if macs <= lim else '>'} budget {_mmacs(lim)} "
+                                f"({'met' if macs <= lim else 'NOT met'}).")
+    else:
+        s.blocks.append("Not run yet.")
+    secs.append(s)
+    return secs
+
+
+def render_markdown(title: str, secs: list[Section], base: Path) -> str:
+    lines = [f"# {title}", ""]
+    for sec in secs:
+        lines += [f"## {sec.title}", ""]
+        for b in sec.blocks:
+            if isinstance(b, Table):
+                if not b.rows:
+                    continue
+                lines.append("| " + " | ".join(b.headers) + " |")
+                lines.append("|" + "---|" * len(b.headers))
+                lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in b.rows]
+            elif isinstance(b, Figure):
+                rel = b.path.relative_to(base) if b.path.is_relative_to(base) else b.path
+                lines.append(f"![{b.caption}]({rel.as_posix()})")
+            else:
+                lines.append(b)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _inline_md(text: str) -> str:
+    """Escape, then the two inline marks the report uses: **bold** and `code`."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def render_html(title: str, secs: list[Section]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
+             "font-size:90%}th{background:#f3f3f3}img{max-width:100%}code{background:#f6f6f6;"
+             "word-break:break-all}figcaption{color:#555;font-size:90%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for sec in secs:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        for b in sec.blocks:
+            if isinstance(b, Table):
+                if not b.rows:
+                    continue
+                parts.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in b.headers) + "</tr>")
+                parts += ["<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in b.rows]
+                parts.append("</table>")
+            elif isinstance(b, Figure):
+                data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+                parts.append(f"<figure><img alt='{html.escape(b.caption)}' src='data:image/png;base64,{data}'>"
+                             f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+            else:
+                parts.append(f"<p>{_inline_md(b)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_run_report(out: Path, config: dict[str, Any]) -> tuple[Path, Path]:
+    out = Path(out)
+    secs = sections(out, config)
+    title = f"edgenas run: {config.get('method')} on {config.get('data')}"
+    md = write_text_atomic(out / "report.md", render_markdown(title, secs, out))
+    page = write_text_atomic(out / "report.html", render_html(title, secs))
+    return md, page
+
+
+def collect(out: Path) -> dict[str, Any]:
+    """The headline numbers of a run, for the console and --json."""
+    out = Path(out)
+    summary: dict[str, Any] = {"out": str(out)}
+    space = _read_json(out / "space.json")
+    if space:
+        summary["space"] = space.get("ops")
+    geno = _read_json(out / "search" / "genotype.json")
+    if geno:
+        summary["genotype"] = {k: geno[k] for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}
+    thist = _read_jsonl(out / "train" / "history.jsonl")
+    if thist:
+        summary["test_top1"] = thist[-1].get("test_top1")
+    exp = _read_json(out / "export" / "report.json")
+    if exp:
+        summary["export"] = {"passed": exp.get("verification", {}).get("passed"),
+                             "onnx_test_top1": exp.get("verification", {}).get("test", {}).get("ort_top1"),
+                             "macs": exp.get("costs", {}).get("macs"), "params": exp.get("costs", {}).get("params"),
+                             "speedup": exp.get("speedup")}
+    budget = _read_json(out / "budget.json")
+    if budget:
+        summary["budget"] = {"limits": budget.get("limits"), "constrained": budget.get("constrained")}
+    for name in ("report.md", "report.html"):
+        if (out / name).exists():
+            summary[name.replace(".", "_")] = str(out / name)
+    return summary
