@@ -149,8 +149,11 @@ def plot_genotype(genotype: Genotype, path: str | Path, *, title: str = "") -> P
 def plot_training_curves(records: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path:
     """Loss and accuracy per epoch of a training run (the records of its ``history.jsonl``).
 
-    Left: train and test loss; right: train top-1, test top-1 and test top-5 (percent).
+    Left: train and test loss (main head; the training objective with the aux term is in the
+    records as ``train_objective``); right: train top-1, test top-1 and test top-5 (percent).
     """
+    from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(9.0, 3.6)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [r["epoch"] + 1 for r in records]
@@ -165,6 +168,7 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path, *, tit
                 ax.plot(epochs, values, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:

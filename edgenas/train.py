@@ -167,8 +167,16 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
         raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {dist_info.world} processes",
                            f"use a --batch-size divisible by {dist_info.world}")
     per_rank_batch = cfg.batch_size // dist_info.world
-    bundle = load_data(spec, subset=cfg.subset, test_subset=cfg.test_subset, cutout=cfg.cutout,
-                       download=download and dist_info.main, channels=cfg.in_channels, seed=cfg.seed)
+    def load(fetch: bool) -> DataBundle:
+        return load_data(spec, subset=cfg.subset, test_subset=cfg.test_subset, cutout=cfg.cutout, download=fetch,
+                         channels=cfg.in_channels, seed=cfg.seed)
+
+    if download and dist_info.active:  # one process downloads (and fills the decode cache), then the rest read
+        bundle = load(True) if dist_info.main else None
+        torch.distributed.barrier()
+        bundle = bundle or load(False)
+    else:
+        bundle = load(download)
     net_cfg = net_config_for(cfg, bundle)
     precision = resolve_precision(cfg, device)
 
@@ -202,23 +210,23 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
                 x = x.contiguous(memory_format=torch.channels_last)
             with precision.autocast(device):
                 logits, aux = model(x)
-                loss = criterion(logits, y)
-                if aux is not None:
-                    loss = loss + cfg.auxiliary_weight * criterion(aux, y)
+                main_loss = criterion(logits, y)
+                loss = main_loss if aux is None else main_loss + cfg.auxiliary_weight * criterion(aux, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            meter.add(y.numel(), loss=loss.detach() * y.numel(),
+            # the main head's loss is comparable with the test loss; the objective adds the aux term
+            meter.add(y.numel(), loss=main_loss.detach() * y.numel(), objective=loss.detach() * y.numel(),
                       top1=topk_correct(logits.detach(), y, (1,))[0] * 100.0)
         scheduler.step()
         trained = meter.means(device)
         sync_buffers(net)  # one set of BatchNorm statistics for evaluation and the checkpoint
         test = evaluate(net, test_loader, device, criterion=criterion, precision=precision, progress=progress)
         return {"lr": lr, "drop_path": net.drop_path_prob, "train_loss": trained["loss"],
-                "train_top1": trained["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
+                "train_objective": trained["objective"], "train_top1": trained["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
                 "test_top5": test["top5"]}
 
     def summary(r: dict[str, Any]) -> str:
