@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	bash scripts/demo.sh $(BIN)
+	DATA="$(DATA)" bash scripts/demo.sh $(BIN)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
