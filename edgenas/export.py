@@ -899,6 +899,10 @@ class ExportReport:
         }
 
 
+def _count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
 def _ms(t: float | None) -> str:
     return "-" if t is None else f"{t:.3f}"
 
@@ -915,7 +919,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{net['config']['in_channels']}x{'x'.join(map(str, net['config']['input_hw']))}, "
              f"{net['config']['num_classes']} classes",
              f"- source: {report['source'].get('checkpoint', '-')} (epoch {report['source'].get('epoch', '-')})",
-             f"- MACs {costs['macs']:,} (thop {costs['thop_macs'] if costs['thop_macs'] is not None else '-'}), "
+             f"- MACs {costs['macs']:,} (thop: {_count(costs['thop_macs'])}), "
              f"params {costs['params']:,} ({costs['convention']}; params exclude the auxiliary head)"]
     if costs.get("mobile"):
         m = costs["mobile"]
