@@ -438,10 +438,10 @@ def train_cmd(
 @command(app, "export")
 def export_cmd(
     source: Path = typer.Argument(..., help="A train run folder (its best.pt, else last.pt) or a checkpoint file."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on [the one the run trained on]: "
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on (default: the one the run trained on): "
                                        "cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH | fashion-mnist[:DIR] | "
                                        "synthetic[:N]"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [exports/<run name>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: exports/<run name>)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the exported input (and timed besides 1)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch axis dynamic."),
@@ -454,10 +454,10 @@ def export_cmd(
                                            "(ONNX Runtime static QDQ quantisation)."),
     calibration: int = typer.Option(256, "--calibration", min=1, help="Training images to calibrate int8 on."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", min=1,
-                                              help="Verify on a class-balanced N test images [all]."),
+                                              help="Verify on a class-balanced N test images (default: all)."),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per configuration (after warm-up)."),
     warmup: int = typer.Option(30, "--warmup", min=1, help="Warm-up runs at most (fewer once times settle)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads [0: physical cores]."),
+    threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0: physical cores)."),
     device: str = DeviceOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
