@@ -174,3 +174,60 @@ def plot_training_curves(records: list[dict[str, Any]], path: str | Path, *, tit
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def _edge_labels(n_edges: int) -> list[str]:
+    """'node j <- input' for the edges of a cell in DARTS order (inputs c_{k-2}, c_{k-1}, nodes)."""
+    labels, node = [], 0
+    while len(labels) < n_edges:
+        for i in range(node + 2):
+            src = ("c_{k-2}", "c_{k-1}")[i] if i < 2 else f"node {i - 2}"
+            labels.append(f"node {node} \u2190 {src}")
+        node += 1
+    return labels[:n_edges]
+
+
+def plot_arch_weights(op_weights: dict[str, Any], ops: tuple[str, ...] | list[str], path: str | Path, *,
+                      edge_weights: dict[str, Any] | None = None, title: str = "") -> Path:
+    """Operator weights of every edge as one heatmap per cell type (cf. EL-DARTS Fig. 3).
+
+    ``op_weights[cell]`` is an (edges, ops) nested list or array, ``edge_weights[cell]`` (optional)
+    the per-node normalised edge weights, drawn as an extra column. Each cell shows its value; the
+    strongest non-``none`` operator of each edge is outlined.
+    """
+    import numpy as np
+
+    cells = [c for c in ("normal", "reduce") if c in op_weights]
+    mats = {c: np.asarray(op_weights[c], dtype=float) for c in cells}
+    n_edges = max(m.shape[0] for m in mats.values())
+    fig = new_figure(4.0 + 1.9 * len(ops), 1.2 + 0.33 * n_edges)
+    axes = fig.subplots(1, len(cells), squeeze=False)[0]
+    for ax, cell in zip(axes, cells):
+        m = mats[cell]
+        cols = list(ops)
+        ew = None if not edge_weights or edge_weights.get(cell) is None else np.asarray(edge_weights[cell], float)
+        shown = m if ew is None else np.column_stack([m, ew])
+        if ew is not None:
+            cols.append("edge weight")
+        im = ax.imshow(shown, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(shown.max()), 1e-9))
+        for r in range(shown.shape[0]):
+            for c in range(shown.shape[1]):
+                v = shown[r, c]
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6.5,
+                        color="white" if v < 0.6 * shown.max() else "black")
+            real = [j for j, op in enumerate(ops) if op != "none"]
+            best = max(real, key=lambda j: m[r, j])
+            ax.add_patch(_outline(best, r))
+        ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right", fontsize=7)
+        ax.set_yticks(range(m.shape[0]), _edge_labels(m.shape[0]), fontsize=7)
+        ax.set_title(f"{cell} cell", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def _outline(col: int, row: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)

@@ -1,0 +1,427 @@
+"""The bilevel search loop shared by every method: first-order DARTS with checkpoints and history.
+
+Liu et al. (ICLR 2019), Alg. 1 with xi = 0 (first order): each step updates the architecture
+parameters on a batch of the validation half (Adam, lr 6e-4, betas (0.5, 0.999), weight decay 1e-3)
+and then the network weights on a batch of the training half (SGD, momentum 0.9, weight decay 3e-4,
+lr 0.1 per 256 images scaled linearly, cosine to lr/25 as DARTS' 0.025 -> 0.001, gradient norm
+clipped at 5). Architecture updates start after ``warmup_epochs`` (PC-DARTS: 15 of 50).
+
+Each step freezes the parameters it does not update, so backward skips their weight-gradient
+kernels (the architecture step needs no convolution weight gradients) and the weight step does not
+keep operator outputs alive for alpha's gradient.
+
+Epochs, checkpoints, exact resume, history and progress are :func:`edgenas.runs.run_epochs`; this
+module says what one search epoch does and what it records. Extra architecture-loss terms come from
+the method (e.g. EL-DARTS' entropy) and from ``penalties`` (e.g. a MAC or latency budget), all
+added in :meth:`BilevelStep.arch_step`, the one place the architecture loss is formed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
+from edgenas.errors import EdgenasError
+from edgenas.genotypes import Genotype, save_genotype
+from edgenas.ops import get_op
+from edgenas.runs import (
+    History,
+    LoopProgress,
+    LoopResult,
+    RunDir,
+    RunningMean,
+    load_checkpoint,
+    run_epochs,
+    seed_everything,
+    topk_correct,
+)
+from edgenas.search.budgets import CELL_TYPES, derive
+from edgenas.search.methods.base import Method
+from edgenas.search.supernet import Supernet, SupernetConfig, freeze
+from edgenas.space import SearchSpace
+
+OpWeights = Mapping[str, torch.Tensor]
+EdgeWeights = Mapping[str, "torch.Tensor | None"]
+
+
+class ArchPenalty(Protocol):
+    """A differentiable term of the architecture loss computed from the relaxed architecture.
+
+    ``penalty`` returns (term to add to the loss, a number to log, e.g. the expected cost);
+    :class:`edgenas.search.budgets.Budget` has this shape.
+    """
+
+    def penalty(self, op_weights: OpWeights, edge_weights: EdgeWeights) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+Deriver = Callable[[OpWeights, EdgeWeights], Genotype]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of a search run besides the method, the space and the data."""
+
+    epochs: int = 50
+    warmup_epochs: int | None = None  # None: the method's share of the epochs (PC-DARTS 15/50)
+    batch_size: int = 64
+    layers: int | None = None         # None: the method's default (8 cells; SWD-NAS 5)
+    channels: int = 16
+    nodes: int = 4
+    seed: int = 0
+    subset: int | None = None
+    lr: float | None = None           # None: 0.1 * batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    arch_lr: float = 6e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    channels_last: bool | None = None  # None: on for the CPU (measured faster there), off on CUDA
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                  ("channels", self.channels >= 2), ("nodes", self.nodes >= 1),
+                  ("layers", self.layers is None or self.layers >= 1),
+                  ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs),
+                  ("subset", self.subset is None or self.subset >= 2), ("lr", self.lr is None or self.lr > 0),
+                  ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0)]
+        for name, ok in checks:
+            if ok:
+                continue
+            flag, value = f"--{name.replace('_', '-')}", getattr(self, name)
+            if name == "warmup_epochs":
+                raise EdgenasError(f"{flag} {value} is not below --epochs {self.epochs}",
+                                   "architecture updates must start before the last epoch")
+            raise EdgenasError(f"{flag} {value} is out of range", "give a valid value")
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else 0.1 * self.batch_size / 256
+
+    def warmup_for(self, method: Method) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return min(round(method.warmup_fraction * self.epochs), self.epochs - 1)
+
+    def identity(self) -> dict[str, Any]:
+        """What a resumed run must share with its checkpoint: everything but the memory format."""
+        d = asdict(self)
+        d.pop("channels_last")
+        return d
+
+
+def use_channels_last(cfg: SearchConfig, device: torch.device) -> bool:
+    # On the CPU channels_last made a DARTS search step ~2x faster (benchmarks/search_step.py);
+    # on CUDA fp32 depthwise convolutions gain nothing from it.
+    return cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def _rss_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory over a stretch of work on ``device``.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors only). CPU: the process's peak resident set
+    (VmHWM), reset at :meth:`reset` through ``/proc/self/clear_refs``; where that is not possible,
+    the peak since the process started (``getrusage``), and ``kind`` says so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.kind = "cuda-max-allocated" if device.type == "cuda" else "cpu-peak-rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.kind = "cpu-peak-rss-since-start"
+
+    def peak_bytes(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        hwm = _rss_hwm_bytes()
+        if hwm is None:
+            self.kind = "cpu-peak-rss-since-start"
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return hwm
+
+
+# --- one search step -----------------------------------------------------------------------------
+
+class BilevelStep:
+    """The two updates of a first-order search step on one supernet."""
+
+    def __init__(self, net: Supernet, cfg: SearchConfig, *, channels_last: bool,
+                 penalties: Mapping[str, ArchPenalty] | None = None) -> None:
+        self.net = net
+        self.cfg = cfg
+        self.channels_last = channels_last
+        self.penalties = dict(penalties or {})
+        self.weights = net.weight_parameters()
+        self.arch = net.arch_parameters()
+        self.w_opt = torch.optim.SGD(self.weights, lr=cfg.learning_rate, momentum=cfg.momentum,
+                                     weight_decay=cfg.weight_decay)
+        self.a_opt = torch.optim.Adam(self.arch, lr=cfg.arch_lr, betas=cfg.arch_betas,
+                                      weight_decay=cfg.arch_weight_decay)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                dict[str, torch.Tensor]]:
+        """(total loss, logits, extra terms): cross-entropy plus the method's and the penalties' terms."""
+        logits = self.net(self._input(x))
+        terms = dict(self.net.method.loss_terms(self.net, epoch))
+        if self.penalties:
+            op_w, edge_w = self.net.relaxed_op_weights(), self.net.edge_weights()
+            for name, p in self.penalties.items():
+                terms[name] = p.penalty(op_w, edge_w)[0]
+        loss = nn.functional.cross_entropy(logits, y)
+        total = loss + sum(terms.values()) if terms else loss
+        return total, logits, {"ce": loss, **terms}
+
+    def arch_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with freeze(self.weights):
+            total, logits, terms = self.arch_loss(x, y, epoch)
+        self.a_opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.a_opt.step()
+        return logits.detach(), {k: v.detach() for k, v in terms.items()}
+
+    def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with freeze(self.arch):
+            logits = self.net(self._input(x))
+        loss = nn.functional.cross_entropy(logits, y)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.weights, self.cfg.grad_clip)
+        self.w_opt.step()
+        return logits.detach(), loss.detach()
+
+
+# --- the search ----------------------------------------------------------------------------------
+
+def skip_count(cell: tuple[tuple[str, int], ...]) -> int:
+    """Number of skip connections in a cell (the DARTS collapse symptom)."""
+    return sum(get_op(op).family == "skip" for op, _ in cell)
+
+
+def default_deriver(ops: tuple[str, ...], steps: int) -> Deriver:
+    """Per node the two incoming edges with the strongest non-``none`` operator (edge weights
+    multiplied in), each with that operator: the unconstrained case of the budgets' exact solver."""
+
+    def run(op_weights: OpWeights, edge_weights: EdgeWeights) -> Genotype:
+        return derive(op_weights, ops, steps, edge_weights).genotype
+
+    return run
+
+
+def _rows(t: torch.Tensor | None, digits: int = 5) -> Any:
+    return None if t is None else [[round(v, digits) for v in row] if isinstance(row, list) else round(row, digits)
+                                   for row in t.detach().cpu().double().tolist()]
+
+
+@dataclass
+class SearchResult:
+    run: Path
+    loop: LoopResult
+    genotype: Genotype
+    method: str
+    ops: tuple[str, ...]
+    figures: list[Path]
+
+    def summary(self) -> dict[str, Any]:
+        last = self.loop.history.records[-1] if self.loop.history.records else {}
+        return {"run": str(self.run), "method": self.method, "ops": list(self.ops),
+                "epochs_done": self.loop.epochs_done, "stopped_early": self.loop.stopped_early,
+                "genotype": self.genotype.to_dict(), "genotype_file": str(self.run / "genotype.json"),
+                "normal_skip_connect": skip_count(self.genotype.normal),
+                "seconds_per_epoch": [r.get("seconds") for r in self.loop.history.records],
+                "peak_memory_bytes": last.get("peak_memory_bytes"), "memory_kind": last.get("memory_kind"),
+                "figures": [str(f) for f in self.figures], "history": str(self.run / "history.jsonl")}
+
+
+def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: str, *, out: str | Path,
+           device: torch.device, resume: bool = False, stop_after: int | None = None, quiet: bool = False,
+           penalties: Mapping[str, ArchPenalty] | None = None, deriver: Deriver | None = None,
+           space_source: str | None = None) -> SearchResult:
+    """Search ``method`` over ``space`` (None: the method's default) on ``data`` into run folder ``out``.
+
+    ``penalties`` add terms to the architecture loss, ``deriver`` replaces the unconstrained
+    derivation (both hooks for budgets). ``stop_after`` ends this call after that many epochs, as
+    an interruption would; ``resume`` continues from the last checkpoint to the same result.
+    """
+    space = method.resolve_space(space)
+    spec = parse_data_spec(data)
+    layers = cfg.layers or method.default_layers
+    net_cfg = SupernetConfig(ops=space.ops, C=cfg.channels, layers=layers, steps=cfg.nodes,
+                             cell_residual=method.cell_residual)
+    method.check(net_cfg)  # bad K etc. fail before any data is read
+    warmup = cfg.warmup_for(method)
+    run = RunDir(Path(out))
+    identity = {"method": method.name, "method_settings": method.settings(), "ops": list(space.ops),
+                "data": str(spec), **cfg.identity()}
+    run.check(resume=resume, what="search run")
+    if resume:
+        load_checkpoint(run.last, expect=identity, what="search checkpoint")
+
+    bundle = load_data(spec, subset=cfg.subset, seed=cfg.seed)
+    w_data, a_data = search_split(bundle, cfg.seed)
+    if len(w_data) < 1 or len(a_data) < 1:
+        raise EdgenasError(f"{spec} has {len(bundle.train)} training image(s): too few to split into halves "
+                           "for the weights and the architecture", "use a larger dataset or --subset (at least 2)")
+    net_cfg = replace(net_cfg, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+
+    seed_everything(cfg.seed)
+    net = Supernet(method, net_cfg, device=device)
+    channels_last = use_channels_last(cfg, device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    step = BilevelStep(net, cfg, channels_last=channels_last, penalties=penalties)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(step.w_opt, T_max=cfg.epochs,
+                                                           eta_min=cfg.learning_rate / 25)
+    w_loader = make_loader(w_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device)
+    a_loader = make_loader(a_data, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, device=device)
+    steps_per_epoch = min(len(w_loader), len(a_loader))
+    derive_fn = deriver or default_deriver(space.ops, cfg.nodes)
+    memory = PeakMemory(device)
+    genotype_dir = run.root / "genotypes"
+
+    def epoch_fn(epoch: int, progress: LoopProgress) -> dict[str, Any]:
+        w_loader.set_epoch(epoch)
+        a_loader.set_epoch(epoch)
+        lr = step.w_opt.param_groups[0]["lr"]
+        arch_on = epoch >= warmup
+        net.train()
+        net.reset_records()
+        memory.reset()
+        train, val = RunningMean(), RunningMean()
+        # Data-driven weights (SWD-NAS) are averaged over the validation batches; in warm-up there
+        # are none, so the training batches stand in.
+        record_arch = net.recording if arch_on else contextlib.nullcontext
+        record_weights = contextlib.nullcontext if arch_on else net.recording
+        for (xw, yw), (xa, ya) in progress.batches(zip(w_loader, a_loader), steps_per_epoch, "search"):
+            if arch_on:
+                with record_arch():
+                    logits, terms = step.arch_step(xa, ya, epoch)
+                n = ya.numel()
+                val.add(n, loss=terms["ce"] * n, top1=topk_correct(logits, ya, (1,))[0] * 100.0,
+                        **{f"term_{k}": v * n for k, v in terms.items() if k != "ce"})
+            with record_weights():
+                logits, loss = step.weight_step(xw, yw)
+            n = yw.numel()
+            train.add(n, loss=loss * n, top1=topk_correct(logits, yw, (1,))[0] * 100.0)
+        scheduler.step()
+        return summarise_epoch(epoch, lr, arch_on, train.means(device), val.means(device) if arch_on else {})
+
+    def summarise_epoch(epoch: int, lr: float, arch_on: bool, train: dict[str, float],
+                        val: dict[str, float]) -> dict[str, Any]:
+        with torch.no_grad():
+            op_w = net.derivation_weights()
+            edge_w = {t: None if w is None else w.detach() for t, w in net.edge_weights().items()}
+            genotype = derive_fn(op_w, edge_w)
+            genotype.validate(space.ops)
+            penalty_log = {}
+            if step.penalties:
+                relaxed = net.relaxed_op_weights()
+                for name, p in step.penalties.items():
+                    term, value = p.penalty(relaxed, edge_w)
+                    penalty_log[name] = {"term": float(term), "value": float(value)}
+        save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
+                      meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
+        record: dict[str, Any] = {
+            "lr": lr, "arch_updates": arch_on, "steps": steps_per_epoch,
+            "train_loss": train["loss"], "train_top1": train["top1"],
+            "val_loss": val.get("loss"), "val_top1": val.get("top1"),
+            "loss_terms": {k[5:]: v for k, v in val.items() if k.startswith("term_")},
+            **net.method.epoch_info(net, epoch),
+            "op_weights": {t: _rows(op_w[t]) for t in CELL_TYPES},
+            "edge_weights": {t: _rows(edge_w[t]) for t in CELL_TYPES} if any(
+                w is not None for w in edge_w.values()) else None,
+            "genotype": genotype.to_dict(),
+            "normal_skip_connect": skip_count(genotype.normal),
+            "reduce_skip_connect": skip_count(genotype.reduce),
+            "peak_memory_bytes": memory.peak_bytes(), "memory_kind": memory.kind,
+        }
+        if penalty_log:
+            record["penalties"] = penalty_log
+        return record
+
+    def summary(r: dict[str, Any]) -> str:
+        val = (f"val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}%" if r["val_loss"] is not None
+               else "warm-up (no architecture update)")
+        return (f"epoch {r['epoch'] + 1}/{cfg.epochs}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%"
+                f"  {val}  skip(normal) {r['normal_skip_connect']}  {r['seconds']:.1f}s"
+                f"  peak {r['peak_memory_bytes'] / 2**20:.0f} MiB")
+
+    figures: list[Path] = []
+
+    def on_epoch_end(history: History) -> None:
+        if len(history.records) == cfg.epochs:
+            figures[:] = draw_figures(run, history.records[-1], space.ops, method)
+
+    config = {"method": method.name, "method_settings": method.settings(), "ops": list(space.ops),
+              "space": space_source, "space_dropped": [d.to_dict() for d in space.dropped],
+              "data": str(spec), **asdict(cfg), "warmup_epochs_used": warmup, "lr_used": cfg.learning_rate,
+              "supernet": asdict(net_cfg), "device": str(device), "channels_last": channels_last,
+              "penalties": sorted(step.penalties), "dataset": describe(bundle),
+              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch}}
+    stateful = {"model": net, "weight_optimizer": step.w_opt, "arch_optimizer": step.a_opt, "scheduler": scheduler}
+    result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
+                        epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
+                        on_epoch_end=on_epoch_end, stop_after=stop_after, quiet=quiet)
+    last = result.history.records[-1]
+    genotype = Genotype.from_dict(last["genotype"], source=str(run.history))
+    if result.epochs_done == cfg.epochs:
+        save_genotype(genotype, run.root / "genotype.json",
+                      meta={"method": method.name, "epochs": cfg.epochs, "ops": list(space.ops),
+                            "data": str(spec), "normal_skip_connect": last["normal_skip_connect"]})
+        if not figures:  # resumed after the last epoch had already finished
+            figures = draw_figures(run, last, space.ops, method)
+    return SearchResult(run=run.root, loop=result, genotype=genotype, method=method.name, ops=space.ops,
+                        figures=figures)
+
+
+def draw_figures(run: RunDir, record: Mapping[str, Any], ops: tuple[str, ...], method: Method) -> list[Path]:
+    """Operator-weight heatmaps per cell type and the derived cells' diagrams."""
+    from edgenas.report import plot_arch_weights, plot_genotype
+
+    title = f"{method.title}, epoch {record['epoch'] + 1}"
+    heat = plot_arch_weights(record["op_weights"], ops, run.figures / "arch_weights.png",
+                             edge_weights=record.get("edge_weights"), title=title)
+    genotype = Genotype.from_dict(record["genotype"])
+    cells = plot_genotype(genotype, run.figures / "genotype.png", title=title)
+    return [heat, cells]
+
+
+def default_run_folder(method: str) -> Path:
+    """``runs/search-<method>``: fixed, so that ``--resume`` finds it without ``--out``."""
+    return Path("runs") / f"search-{method}"
+
+
+__all__ = ["ArchPenalty", "BilevelStep", "Deriver", "PeakMemory", "SearchConfig", "SearchResult", "default_deriver",
+           "default_run_folder", "search", "skip_count", "use_channels_last"]

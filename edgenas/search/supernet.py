@@ -1,0 +1,439 @@
+"""The DARTS supernet: cells of mixed edges over a search space, parameterised by a search method.
+
+Liu et al., "DARTS: Differentiable Architecture Search" (ICLR 2019), Eq. 2: every edge (i, j) runs
+all operators o of the space, ``o_bar(x) = sum_o w_o * o(x)`` (``w = softmax(alpha)`` for DARTS), and
+a node sums its incoming edges, ``x_j = sum_{i<j} e_ij * o_bar_ij(x_i)``, where ``e_ij`` = 1 unless the
+method weights edges (PC-DARTS' edge normalisation, Xu et al., ICLR 2020, Eq. 4; EL-DARTS' dynamic
+coefficients). The layout is DARTS' search network: a 3x3 stem to ``stem_multiplier * C`` channels,
+``layers`` cells with reductions (channels doubled) at ``layers // 3`` and ``2 * layers // 3``, each
+cell with ``steps`` intermediate nodes fed by every earlier state and an output concatenating them.
+
+An edge is a *channel selector* around a *mixer*: the selector chooses which channels go through
+the operators and puts the result back (all channels; PC-DARTS' first 1/K plus channel shuffle;
+ADARTS' top 1/K by channel attention), the mixer combines the operators' outputs (with weights
+from alpha, or from SWD-NAS' attention over the outputs). Methods (:mod:`edgenas.search.methods`)
+choose the two parts and the architecture parameters; this module holds the shared parts.
+
+Operator weights of ``none`` stay in the softmax, but the operator itself is never run: its output
+is zero, so it adds nothing to the sum and nothing to any gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from edgenas.errors import EdgenasError
+from edgenas.ops import ChannelAttention, FactorizedReduce, ReLUConvBN, get_op
+from edgenas.search.budgets import CELL_TYPES, edge_inputs, num_edges
+from edgenas.search.depthwise import accelerate_depthwise
+
+if TYPE_CHECKING:
+    from edgenas.search.methods.base import Method
+
+
+class ArchModule(nn.Module):
+    """Marker: parameters under a module of this class are architecture parameters.
+
+    They are optimised on the validation half (Adam), all others on the training half (SGD).
+    """
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """The macro structure of a search network."""
+
+    ops: tuple[str, ...]
+    C: int = 16
+    layers: int = 8
+    steps: int = 4
+    stem_multiplier: int = 3
+    num_classes: int = 10
+    in_channels: int = 3
+    cell_residual: bool = False  # attention-DARTS: a (projected) shortcut around each cell
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ops", tuple(self.ops))
+        for name in self.ops:
+            get_op(name)
+        if len(self.ops) < 2:
+            raise EdgenasError(f"a search space needs at least 2 operators, got {len(self.ops)}",
+                               "add operators to the space file")
+        if all(get_op(n).is_zero for n in self.ops):
+            raise EdgenasError("the search space has no operator other than 'none'",
+                               "add a real operator to the space")
+        for name, low in (("C", 2), ("layers", 1), ("steps", 1), ("num_classes", 2), ("in_channels", 1)):
+            if getattr(self, name) < low:
+                raise EdgenasError(f"{name} must be at least {low}, got {getattr(self, name)}",
+                                   f"give {name} >= {low}")
+        if self.C % 2:
+            raise EdgenasError(f"channel count {self.C} is odd: FactorizedReduce halves it",
+                               "use an even --channels (e.g. 16)")
+
+    @property
+    def reduction_cells(self) -> tuple[int, ...]:
+        if self.layers < 3:  # too short for two reductions: reduce in the middle only
+            return (self.layers // 2,) if self.layers > 1 else ()
+        return (self.layers // 3, 2 * self.layers // 3)
+
+    @property
+    def num_edges(self) -> int:
+        return num_edges(self.steps)
+
+    def cell_widths(self) -> list[int]:
+        """The edge width C of every cell (doubled at each reduction)."""
+        C, out = self.C, []
+        for i in range(self.layers):
+            if i in self.reduction_cells:
+                C *= 2
+            out.append(C)
+        return out
+
+
+# --- channel selectors -------------------------------------------------------------------------
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` channel groups (ShuffleNet); keeps a channels_last tensor channels_last."""
+    b, c, h, w = x.shape
+    if groups == 1:
+        return x
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y = x.permute(0, 2, 3, 1).reshape(b, h, w, groups, c // groups).transpose(3, 4).reshape(b, h, w, c)
+        return y.permute(0, 3, 1, 2)
+    return x.reshape(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+def _bypass_pool(stride: int) -> nn.Module:
+    # Channels that skip the operators still have to shrink on stride-2 edges (PC-DARTS uses 2x2
+    # max pooling); ceil_mode matches the operators' output size on odd inputs.
+    return nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
+
+
+class AllChannels(nn.Module):
+    """Every channel goes through the operators (DARTS)."""
+
+    linear_merge = False
+
+    def __init__(self, C: int, stride: int, **_: Any) -> None:
+        super().__init__()
+        self.width = C
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return x, None
+
+    def merge(self, y: torch.Tensor, ctx: Any) -> torch.Tensor:
+        return y
+
+
+class PartialChannels(nn.Module):
+    """PC-DARTS (Xu et al. 2020, Eq. 3): the first C/K channels go through the operators, the rest
+    bypass them; the two parts are concatenated and channel-shuffled so that other channels are
+    sampled by the next edge.
+
+    Concatenation and shuffle are linear and the same on every edge, so a cell sums the processed
+    and the bypassed parts of a node's edges first and merges once per node (:meth:`combine`)
+    instead of once per edge: the same result with a quarter of the full-width copies.
+    """
+
+    linear_merge = True
+
+    def __init__(self, C: int, stride: int, *, k: int, **_: Any) -> None:
+        super().__init__()
+        self.k, self.width = k, C // k
+        self.pool = _bypass_pool(stride)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        return x[:, : self.width], x[:, self.width :]
+
+    def bypass(self, rest: torch.Tensor) -> torch.Tensor:
+        return self.pool(rest)
+
+    def combine(self, y: torch.Tensor, bypassed: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(torch.cat([y, bypassed], 1), self.k)
+
+    def merge(self, y: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+        return self.combine(y, self.bypass(rest))
+
+
+class AttentionChannels(nn.Module):
+    """ADARTS (Xue & Qin 2022): x is reweighted by its channel attention F_c(x); the C/K channels
+    with the highest attention go through the operators and are put back in their places, the
+    others bypass.
+
+    The channels are ranked by attention averaged over the batch, so every sample of a batch sends
+    the same channels (and BatchNorm in the operators sees one set of channels).
+    """
+
+    linear_merge = False  # the selected channels differ per edge
+
+    def __init__(self, C: int, stride: int, *, k: int, device: Any = None, dtype: torch.dtype | None = None,
+                 **_: Any) -> None:
+        super().__init__()
+        self.width = C // k
+        self.attention = ChannelAttention(C, device=device, dtype=dtype)
+        self.pool = _bypass_pool(stride)
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        a = self.attention(x)
+        x = x * a[:, :, None, None]
+        idx = a.detach().mean(0).topk(self.width).indices.sort().values
+        return x.index_select(1, idx), (x, idx)
+
+    def merge(self, y: torch.Tensor, ctx: Any) -> torch.Tensor:
+        x, idx = ctx
+        return self.pool(x).index_copy(1, idx, y)
+
+
+# --- mixers ------------------------------------------------------------------------------------
+
+def build_candidates(ops: Sequence[str], C: int, stride: int, *, device: Any = None,
+                     dtype: torch.dtype | None = None) -> tuple[list[int], nn.ModuleList]:
+    """The operators an edge runs (every one but ``none``) and their indices in ``ops``.
+
+    Supernet operators have non-affine BatchNorm (DARTS), and those the registry marks
+    ``bn_in_search`` (pooling) get one appended so their scale matches the convolutions'. Their
+    depthwise convolutions get the faster CPU backward of :mod:`edgenas.search.depthwise`.
+    """
+    index, modules = [], nn.ModuleList()
+    for i, name in enumerate(ops):
+        spec = get_op(name)
+        if spec.is_zero:
+            continue
+        op = spec.build(C, stride, affine=False, device=device, dtype=dtype)
+        if spec.bn_in_search:
+            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False, device=device, dtype=dtype))
+        index.append(i)
+        modules.append(accelerate_depthwise(op))
+    return index, modules
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``sum_i weights[i] * tensors[i]`` with one fused multiply-add per term.
+
+    ``weights`` broadcast against the tensors (0-d scalars, or (B, C, 1, 1)).
+    """
+    out = tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:]):
+        out = torch.addcmul(out, t, w)
+    return out
+
+
+class MixedOp(nn.Module):
+    """``sum_o w_o * o(x)`` with the weights given by the caller (softmax(alpha) in DARTS)."""
+
+    def __init__(self, ops: Sequence[str], C: int, stride: int, *, device: Any = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.index, self.candidates = build_candidates(ops, C, stride, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        assert w is not None, "MixedOp needs operator weights"
+        ws = w.unbind(0)
+        return weighted_sum([op(x) for op in self.candidates], [ws[i] for i in self.index])
+
+
+class SelectedEdge(nn.Module):
+    """One edge: a channel selector around a mixer."""
+
+    def __init__(self, selector: nn.Module, mixer: nn.Module) -> None:
+        super().__init__()
+        self.selector = selector
+        self.mixer = mixer
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        part, ctx = self.selector.split(x)
+        return self.selector.merge(self.mixer(part, w), ctx)
+
+    def parts(self, x: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(processed, bypassed) channels, for selectors whose merge the cell does per node."""
+        part, rest = self.selector.split(x)
+        return self.mixer(part, w), self.selector.bypass(rest)
+
+
+# --- cells and the network ---------------------------------------------------------------------
+
+def _sum(tensors: Sequence[torch.Tensor], coefs: Sequence[torch.Tensor] | None) -> torch.Tensor:
+    """A node's input: the plain sum of its edges, or weighted by the edge coefficients."""
+    if coefs is not None:
+        return weighted_sum(tensors, coefs)
+    out = tensors[0]
+    for t in tensors[1:]:
+        out = out + t
+    return out
+
+
+class SearchCell(nn.Module):
+    def __init__(self, method: Method, cfg: SupernetConfig, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool, *, device: Any = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.reduction = reduction
+        self.steps = cfg.steps
+        if reduction_prev:
+            self.pre0: nn.Module = FactorizedReduce(C_pp, C, affine=False, **kw)
+        else:
+            self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, **kw)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, **kw)
+        self.edges = nn.ModuleList(
+            method.build_edge(cfg.ops, C, 2 if reduction and i < 2 else 1, device=device, dtype=dtype)
+            for _, i in edge_inputs(cfg.steps))
+        self.merge_per_node = all(getattr(e.selector, "linear_merge", False) for e in self.edges)
+        self.shortcut: nn.Module | None = None
+        C_out = cfg.steps * C
+        if cfg.cell_residual:
+            if reduction or C_p != C_out:
+                # a projection where the shape changes (ResNet option B): 1x1 conv (strided) + BN
+                self.shortcut = nn.Sequential(
+                    nn.Conv2d(C_p, C_out, 1, stride=2 if reduction else 1, bias=False, **kw),
+                    nn.BatchNorm2d(C_out, affine=False, **kw))
+            else:
+                self.shortcut = nn.Identity()
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, op_w: torch.Tensor | None,
+                edge_w: torch.Tensor | None) -> torch.Tensor:
+        states = [self.pre0(s0), self.pre1(s1)]
+        rows: Sequence[torch.Tensor | None] = op_w.unbind(0) if op_w is not None else [None] * len(self.edges)
+        coefs = edge_w.unbind(0) if edge_w is not None else None
+        e = 0
+        for _ in range(self.steps):
+            edges = [self.edges[e + j] for j in range(len(states))]
+            c = None if coefs is None else coefs[e : e + len(states)]
+            if self.merge_per_node:
+                parts = [edge.parts(h, rows[e + j]) for j, (edge, h) in enumerate(zip(edges, states))]
+                node = edges[0].selector.combine(_sum([p[0] for p in parts], c), _sum([p[1] for p in parts], c))
+            else:
+                node = _sum([edge(h, rows[e + j]) for j, (edge, h) in enumerate(zip(edges, states))], c)
+            e += len(states)
+            states.append(node)
+        out = torch.cat(states[2:], 1)
+        if self.shortcut is not None:
+            out = out + self.shortcut(s1)
+        return out
+
+
+class Supernet(nn.Module):
+    """The search network of ``cfg`` whose edges, architecture parameters and weights come from ``method``."""
+
+    def __init__(self, method: Method, cfg: SupernetConfig, *, device: Any = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kw = {"device": device, "dtype": dtype}
+        self.method = method
+        self.cfg = cfg
+        C_stem = cfg.stem_multiplier * cfg.C
+        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, C_stem, 3, padding=1, bias=False, **kw),
+                                  nn.BatchNorm2d(C_stem, **kw))
+        C_pp, C_p = C_stem, C_stem
+        reduction_prev = False
+        self.cells = nn.ModuleList()
+        for i, C in enumerate(cfg.cell_widths()):
+            reduction = i in cfg.reduction_cells
+            self.cells.append(SearchCell(method, cfg, C_pp, C_p, C, reduction, reduction_prev, **kw))
+            C_pp, C_p = C_p, cfg.steps * C
+            reduction_prev = reduction
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, cfg.num_classes, **kw)
+        self.arch = method.build_arch(cfg, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op_w = {t: self.method.op_weights(self, t) for t in CELL_TYPES}
+        edge_w = {t: self.method.edge_weights(self, t) for t in CELL_TYPES}
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            t = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, op_w[t], edge_w[t])
+        return self.classifier(self.pool(s1).flatten(1))
+
+    # --- parameter groups ---
+
+    def _arch_prefixes(self) -> list[str]:
+        return [name for name, m in self.named_modules() if isinstance(m, ArchModule)]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Architecture parameters, in module order (deterministic: exact resume needs it)."""
+        prefixes = tuple(p + "." for p in self._arch_prefixes())
+        return [p for n, p in self.named_parameters() if n.startswith(prefixes)]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        prefixes = tuple(p + "." for p in self._arch_prefixes())
+        return [p for n, p in self.named_parameters() if not n.startswith(prefixes)]
+
+    def cells_of(self, cell_type: str) -> list[SearchCell]:
+        return [c for c in self.cells if c.reduction == (cell_type == "reduce")]
+
+    # --- architecture views used by the loop, the history and budgets ---
+
+    def relaxed_op_weights(self) -> dict[str, torch.Tensor]:
+        """Differentiable operator weights per cell type, (edges, ops), rows summing to 1."""
+        return {t: self.method.relaxed_op_weights(self, t) for t in CELL_TYPES}
+
+    def edge_weights(self) -> dict[str, torch.Tensor | None]:
+        """Differentiable per-node-normalised edge weights per cell type, (edges,), or None."""
+        return {t: self.method.edge_weights(self, t) for t in CELL_TYPES}
+
+    def derivation_weights(self) -> dict[str, torch.Tensor]:
+        """The operator weights the genotype is derived from (detached), (edges, ops)."""
+        return {t: self.method.derivation_op_weights(self, t).detach() for t in CELL_TYPES}
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Within this block, modules that estimate weights from data (SWD-NAS) accumulate them."""
+        recorders = [m for m in self.modules() if isinstance(m, WeightRecorder)]
+        for m in recorders:
+            m.recording = True
+        try:
+            yield
+        finally:
+            for m in recorders:
+                m.recording = False
+
+    def reset_records(self) -> None:
+        for m in self.modules():
+            if isinstance(m, WeightRecorder):
+                m.reset()
+
+
+class WeightRecorder(nn.Module):
+    """A module whose operator weights come from the data; it averages them while recording."""
+
+    def __init__(self, n_ops: int) -> None:
+        super().__init__()
+        self.recording = False
+        self.n_ops = n_ops
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self.last: torch.Tensor | None = None  # differentiable weights of the latest forward
+
+    def record(self, w: torch.Tensor) -> None:
+        self.last = w
+        if self.recording:
+            d = w.detach()
+            self.total = d.clone() if self.total is None else self.total + d
+            self.count += 1
+
+    def reset(self) -> None:
+        self.total, self.count = None, 0
+
+    def average(self) -> torch.Tensor | None:
+        return None if self.total is None else self.total / self.count
+
+
+def freeze(params: Sequence[nn.Parameter]) -> contextlib.AbstractContextManager[None]:
+    """Within the block ``params`` need no gradient: backward skips their weight-gradient kernels."""
+
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    return block()
