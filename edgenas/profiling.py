@@ -13,6 +13,11 @@ Memory is measured the way the device allows, and the kind is recorded with each
     output, counting each storage once and leaving out the input and the weights (they exist
     whether or not the op runs). This is what the op adds to a training step's activation memory.
 
+On the CPU, freed memory is kept in the heap while measuring (:func:`edgenas.device.keep_cpu_memory`;
+``ProfileSettings.keep_cpu_memory``): with glibc's defaults each call page-faults its activations
+afresh and single-op timings came out bimodal and several times slower than the compute. The
+setting in force is recorded as ``environment["cpu_allocator"]``.
+
 Modes: ``forward`` times inference (module in eval mode, affine BN, no autograd) - what a deployed
 network pays; ``train`` times forward+backward of the module as the search supernet builds it
 (train mode, non-affine BN) - what a search step pays.
@@ -33,8 +38,10 @@ from edgenas.costs import MAC_CONVENTION, count_macs, count_params
 from edgenas.device import (
     TimingStats,
     benchmark,
+    cpu_allocator,
     device_slug,
     environment,
+    keep_cpu_memory,
     resolve_dtype,
     synchronize,
     time_once,
@@ -154,6 +161,9 @@ class ProfileSettings:
     max_seconds: float = 2.0  # caps each entry's warm-up and its timed phase (>= 5 runs kept)
     channels_last: bool = False
     seed: int = 0
+    # keep freed CPU memory in the heap (see device.keep_cpu_memory): without it, CPU timings
+    # measure page faults more than the operator
+    keep_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.min_warmup < 0 or self.max_warmup < self.min_warmup:
@@ -377,6 +387,8 @@ def measure_entries(
     for k in keys:  # fail on bad input before spending a minute measuring
         _check_key(k)
     costs = {k: _costs(k, mode) for k in keys}
+    if device.type == "cpu" and settings.keep_cpu_memory:
+        keep_cpu_memory()
     entries: list[ProfileEntry] = []
     skipped: list[Skipped] = []
     for k in keys:
@@ -413,8 +425,10 @@ def profile_ops(
         reasons = "; ".join(sorted({s.reason for s in skipped}))
         raise EdgenasError(f"no operator could run on {device} with dtype {dtype}: {reasons}",
                            "choose another --dtype (fp32 runs everywhere) or device")
-    return Profile(device_slug(device), batch, dtype, mode, environment(device), entries,
-                   settings, skipped)
+    env = environment(device)
+    if device.type == "cpu":
+        env["cpu_allocator"] = cpu_allocator()
+    return Profile(device_slug(device), batch, dtype, mode, env, entries, settings, skipped)
 
 
 def profile_missing(

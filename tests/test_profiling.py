@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import platform
 
 import pytest
 import torch
 from torch import nn
 
 from edgenas.costs import count_macs, count_params
-from edgenas.device import device_slug
+from edgenas.device import cpu_allocator, device_slug
 from edgenas.errors import EdgenasError
 from edgenas.ops import OPS, build_op, register_op
 from edgenas.profiling import (
@@ -69,6 +70,7 @@ def test_profile_has_one_entry_per_op_and_shape(small_profile):
     assert (p.device, p.batch, p.dtype, p.mode) == (device_slug(CPU), BATCH, "fp32", "forward")
     env = p.environment
     assert env["torch"] == torch.__version__ and env["nvml"]["skipped"] and env["date"]
+    assert env["cpu_allocator"] == cpu_allocator() != "default" or platform.libc_ver()[0] != "glibc"
     for e in p.entries:
         t = e.latency
         assert 0 < t.p10 <= t.median <= t.p90 and t.n == FAST.runs and t.std >= 0
