@@ -92,7 +92,7 @@ class SearchConfig:
                   ("channels", self.channels >= 2), ("nodes", self.nodes >= 1),
                   ("layers", self.layers is None or self.layers >= 1),
                   ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs),
-                  ("subset", self.subset is None or self.subset >= 2), ("lr", self.lr is None or self.lr > 0),
+                  ("subset", self.subset is None or self.subset >= 1), ("lr", self.lr is None or self.lr > 0),
                   ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0)]
         for name, ok in checks:
             if ok:

@@ -1,0 +1,197 @@
+"""Seconds per search step, images per second and peak memory of every search method, side by side.
+
+One search step = one architecture step (validation batch) + one weight step (training batch), the
+exact code the search loop runs (:class:`edgenas.search.loop.BilevelStep`). Every method is measured
+in a fresh subprocess at the same settings (default C=16, 8 cells, 4 nodes, batch 64, 32x32 images,
+10 classes, random data, the method's own default space), one after the other, and the table gives
+each method's ratio to ``darts`` from the same run.
+
+Memory, two honest CPU measures (on CUDA: ``torch.cuda.max_memory_allocated`` minus what was
+allocated before the first step):
+* peak RSS delta: the process's resident-set high-water mark during the steps (VmHWM, reset through
+  /proc/self/clear_refs just before them) minus the RSS right before them. It includes activations,
+  gradients, optimiser state and allocator slack.
+* saved activations: bytes of the distinct tensor storages autograd keeps for backward during one
+  architecture-step and one weight-step forward (``torch.autograd.graph.saved_tensors_hooks``).
+
+    .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _saved_bytes(fn: Any) -> int:
+    import torch
+
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from edgenas.device import resolve_device
+    from edgenas.search import make_method
+    from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
+    from edgenas.search.supernet import Supernet, SupernetConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    method = make_method(args.worker)
+    ops = method.resolve_space(None).ops
+    net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
+                             cell_residual=method.cell_residual)
+    method.check(net_cfg)
+    cfg = SearchConfig(batch_size=args.batch, channels=args.channels, layers=args.layers, nodes=args.nodes,
+                       channels_last={"auto": None, "channels_last": True, "contiguous": False}[args.format])
+    cl = use_channels_last(cfg, device)
+    net = Supernet(method, net_cfg, device=device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    step = BilevelStep(net, cfg, channels_last=cl)
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(args.batch, 3, args.hw, args.hw, generator=g).to(device) for _ in range(2)]
+    ys = [torch.randint(0, 10, (args.batch,), generator=g).to(device) for _ in range(2)]
+
+    def one_step() -> None:
+        step.arch_step(xs[1], ys[1], epoch=0)
+        step.weight_step(xs[0], ys[0])
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = _rss_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    for _ in range(args.warmup):
+        one_step()
+    times = []
+    for _ in range(args.steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        one_step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")) - base
+
+    def forward_arch() -> None:
+        from edgenas.search.supernet import freeze
+
+        with freeze(step.weights):
+            step.arch_loss(xs[1], ys[1], 0)
+
+    def forward_weights() -> None:
+        from edgenas.search.supernet import freeze
+
+        with freeze(step.arch):
+            net(step._input(xs[0]))
+
+    saved = max(_saved_bytes(forward_arch), _saved_bytes(forward_weights))
+    t = statistics.median(times)
+    return {"method": args.worker, "ops": len(ops), "channels_last": cl, "step_s": t,
+            "step_s_all": [round(v, 4) for v in times], "images_per_s": 2 * args.batch / t,
+            "peak_bytes": peak, "peak_kind": "cuda-max-allocated" if cuda else "cpu-peak-rss-delta",
+            "saved_bytes": saved, "threads": torch.get_num_threads(),
+            "params": sum(p.numel() for p in net.weight_parameters()),
+            "arch_params": sum(p.numel() for p in net.arch_parameters())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="darts,pc_darts,adarts,swd,el_darts,attn_darts")
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--hw", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                   help="memory format (auto: the search's default for the device)")
+    p.add_argument("--omp-wait", choices=("passive", "active", "inherit"), default="passive",
+                   help="OMP_WAIT_POLICY of the workers: on a CPU shared with other jobs, spinning "
+                        "OpenMP threads made steps up to 10x slower; passive is the honest default there")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    rows = []
+    for name in args.methods.split(","):
+        cmd = [sys.executable, __file__, "--worker", name] + [
+            a for k in ("channels", "layers", "nodes", "batch", "hw", "steps", "warmup", "threads", "device", "format")
+            for a in (f"--{k}", str(getattr(args, k)))]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if args.omp_wait != "inherit":
+            env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+        if out.returncode:
+            sys.exit(f"{name} failed:\n{out.stderr}")
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"measured {name}", file=sys.stderr)
+    base = next((r for r in rows if r["method"] == "darts"), rows[0])
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"settings": vars(args), "loadavg": load, "rows": rows}, indent=2))
+        return
+    print(f"search step = 1 architecture step + 1 weight step; C={args.channels}, {args.layers} cells, "
+          f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, device {args.device}, "
+          f"threads {rows[0]['threads']} (OMP_WAIT_POLICY {args.omp_wait}), median of {args.steps} steps after "
+          f"{args.warmup} warm-up; "
+          f"ratios to {base['method']}")
+    print(f"{'method':<11}{'ops':>4}{'s/step':>9}{'img/s':>8}{'x thr':>7}{'peak RSS MiB':>14}{'x mem':>7}"
+          f"{'saved MiB':>11}{'x saved':>9}")
+    for r in rows:
+        print(f"{r['method']:<11}{r['ops']:>4}{r['step_s']:>9.3f}{r['images_per_s']:>8.1f}"
+              f"{r['images_per_s'] / base['images_per_s']:>7.2f}{r['peak_bytes'] / 2**20:>14.0f}"
+              f"{r['peak_bytes'] / base['peak_bytes']:>7.2f}{r['saved_bytes'] / 2**20:>11.0f}"
+              f"{r['saved_bytes'] / base['saved_bytes']:>9.2f}")
+    print(f"load average during the run (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"memory: {rows[0]['peak_kind']} and autograd-saved tensors of one forward (max of the two steps)")
+
+
+if __name__ == "__main__":
+    main()

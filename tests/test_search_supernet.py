@@ -1,0 +1,287 @@
+"""The supernet, its edges and the six methods' hooks (tiny shapes, no data)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from edgenas.errors import EdgenasError
+from edgenas.genotypes import Genotype
+from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS
+from edgenas.search import METHODS, make_method
+from edgenas.search.budgets import edge_inputs
+from edgenas.search.depthwise import FastDepthwiseConv2d, accelerate_depthwise
+from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
+from edgenas.search.methods.base import node_softmax
+from edgenas.search.methods.el_darts import edge_entropy
+from edgenas.search.supernet import (
+    AttentionChannels,
+    PartialChannels,
+    SearchCell,
+    Supernet,
+    SupernetConfig,
+    channel_shuffle,
+)
+from edgenas.space import SearchSpace
+
+CL = torch.channels_last
+
+
+def tiny(name: str, **settings) -> tuple[Supernet, BilevelStep]:
+    method = make_method(name, settings or ({"partial_k": 2} if "partial_k" in _fields(name) else {}))
+    cfg = SupernetConfig(ops=method.resolve_space(None).ops, C=4, layers=3, steps=2,
+                         cell_residual=method.cell_residual)
+    method.check(cfg)
+    torch.manual_seed(0)
+    net = Supernet(method, cfg)
+    return net, BilevelStep(net, SearchConfig(batch_size=4, channels=4, layers=3, nodes=2), channels_last=False)
+
+
+def _fields(name: str) -> set[str]:
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(METHODS[name])}
+
+
+def _batch(n: int = 4, hw: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def test_registry_lists_the_six_methods_in_order():
+    assert list(METHODS) == ["darts", "pc_darts", "adarts", "swd", "el_darts", "attn_darts"]
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_arch_step_moves_only_architecture_and_weight_step_only_weights(name):
+    net, step = tiny(name)
+    x, y = _batch()
+    arch0 = [p.detach().clone() for p in step.arch]
+    weights0 = [p.detach().clone() for p in step.weights]
+    logits, terms = step.arch_step(x, y, epoch=0)
+    assert logits.shape == (4, 10) and torch.isfinite(terms["ce"])
+    moved = [not torch.equal(a, p) for a, p in zip(arch0, step.arch)]
+    assert step.arch and all(moved), "every architecture parameter must receive a gradient and move"
+    # BatchNorm running statistics are buffers, not parameters: the weights themselves stay put
+    assert all(torch.equal(w, p) for w, p in zip(weights0, step.weights))
+    arch1 = [p.detach().clone() for p in step.arch]
+    step.weight_step(x, y)
+    assert all(torch.equal(a, p) for a, p in zip(arch1, step.arch))
+    assert sum(not torch.equal(w, p) for w, p in zip(weights0, step.weights)) > len(weights0) // 2
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_relaxed_weights_are_distributions_and_derive_a_valid_genotype(name):
+    net, step = tiny(name)
+    x, y = _batch()
+    with net.recording():
+        step.arch_step(x, y, epoch=0)
+    ops = net.cfg.ops
+    for t, w in net.relaxed_op_weights().items():
+        assert w.shape == (net.cfg.num_edges, len(ops))
+        assert torch.allclose(w.sum(1), torch.ones(net.cfg.num_edges), atol=1e-5)
+    edge_w = {t: None if w is None else w.detach() for t, w in net.edge_weights().items()}
+    g = default_deriver(ops, net.cfg.steps)(net.derivation_weights(), edge_w)
+    g.validate(ops)
+    assert len(g.normal) == 2 * net.cfg.steps
+
+
+def test_derivation_keeps_each_nodes_two_strongest_edges():
+    """Reference: the classic DARTS rule written out by hand, on random weights with edge weights."""
+    ops = DARTS_OPS
+    steps = 3
+    gen = torch.Generator().manual_seed(3)
+    op_w = {t: torch.rand(9, len(ops), generator=gen).softmax(1) for t in ("normal", "reduce")}
+    edge_w = {t: node_softmax(torch.randn(9, generator=gen), steps) for t in ("normal", "reduce")}
+    got = default_deriver(ops, steps)(op_w, edge_w)
+    for t in ("normal", "reduce"):
+        want = []
+        for node in range(steps):
+            ids = [e for e, (n, _) in enumerate(edge_inputs(steps)) if n == node]
+            strength = {e: max(float(op_w[t][e, j] * edge_w[t][e]) for j in range(1, len(ops))) for e in ids}
+            best = sorted(ids, key=lambda e: -strength[e])[:2]
+            for e in best:
+                j = max(range(1, len(ops)), key=lambda j: float(op_w[t][e, j]))
+                want.append((ops[j], edge_inputs(steps)[e][1]))
+        assert getattr(got, t) == tuple(want)
+
+
+def test_node_softmax_normalises_each_node():
+    w = node_softmax(torch.randn(14), 4)
+    sums = [float(part.sum()) for part in w.split([2, 3, 4, 5])]
+    assert sums == pytest.approx([1.0] * 4)
+
+
+def test_channel_shuffle_is_the_same_permutation_in_both_memory_formats():
+    x = torch.arange(2 * 8 * 3 * 3, dtype=torch.float32).reshape(2, 8, 3, 3)
+    ref = channel_shuffle(x, 4)
+    assert ref[0, :, 0, 0].tolist() == [0 * 9 + 0, 2 * 9, 4 * 9, 6 * 9, 1 * 9, 3 * 9, 5 * 9, 7 * 9]
+    cl = channel_shuffle(x.contiguous(memory_format=CL), 4)
+    assert torch.equal(cl, ref) and cl.is_contiguous(memory_format=CL)
+
+
+def test_partial_channels_merging_per_node_equals_merging_per_edge():
+    method = make_method("pc_darts", {"partial_k": 2})
+    cfg = SupernetConfig(ops=EL_DARTS_OPS, C=8, layers=3, steps=3)
+    torch.manual_seed(0)
+    cell = SearchCell(method, cfg, 12, 12, 8, reduction=True, reduction_prev=False)
+    assert cell.merge_per_node
+    s0, s1 = torch.randn(2, 12, 8, 8), torch.randn(2, 12, 8, 8)
+    op_w = torch.rand(cfg.num_edges, len(cfg.ops))
+    edge_w = node_softmax(torch.randn(cfg.num_edges), 3)
+    fast = cell(s0, s1, op_w, edge_w)
+    cell.merge_per_node = False  # the literal PC-DARTS order: merge (cat + shuffle) on every edge
+    assert torch.allclose(fast, cell(s0, s1, op_w, edge_w), atol=1e-6)
+
+
+def test_attention_selection_sends_the_top_channels_and_restores_positions():
+    torch.manual_seed(0)
+    sel = AttentionChannels(8, 1, k=4)
+    x = torch.randn(3, 8, 5, 5)
+    part, (xw, idx) = sel.split(x)
+    a = sel.attention(x)
+    assert torch.allclose(xw, x * a[:, :, None, None])
+    assert set(idx.tolist()) == set(a.mean(0).topk(2).indices.tolist())
+    assert torch.equal(part, xw[:, idx])
+    out = sel.merge(part * 0 - 1, (xw, idx))
+    rest = [c for c in range(8) if c not in idx.tolist()]
+    assert torch.equal(out[:, idx], -torch.ones_like(part)) and torch.equal(out[:, rest], xw[:, rest])
+
+
+def test_partial_bypass_is_pooled_on_stride_two_even_for_odd_sizes():
+    sel = PartialChannels(8, 2, k=4)
+    x = torch.randn(1, 8, 7, 7)
+    part, rest = sel.split(x)
+    assert part.shape[1] == 2 and sel.bypass(rest).shape == (1, 6, 4, 4)
+
+
+@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8)])
+@pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
+def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, k, s, d * (k - 1) // 2, dilation=d, groups=6, bias=False)
+    fast = accelerate_depthwise(nn.Sequential(copy.deepcopy(conv)))
+    assert isinstance(fast[0], FastDepthwiseConv2d)
+    x = torch.randn(3, 6, hw, hw).contiguous(memory_format=fmt)
+    grads = []
+    for m in (conv, fast):
+        m = m.to(memory_format=fmt)
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads.append((out.detach(), xi.grad, next(m.parameters()).grad))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_3x3_depthwise_keeps_the_native_path():
+    m = accelerate_depthwise(nn.Sequential(nn.Conv2d(4, 4, 3, 1, 1, groups=4, bias=False),
+                                           nn.Conv2d(4, 4, 1, bias=False)))
+    assert type(m[0]) is nn.Conv2d and type(m[1]) is nn.Conv2d
+
+
+def test_el_darts_temperature_and_entropy_term():
+    net, step = tiny("el_darts")
+    method = net.method
+    assert method.temperature(0) == 5.0
+    assert method.temperature(10) == pytest.approx(5.0 * 0.95**10)
+    assert method.temperature(100) == 0.5
+    alpha = net.arch.alpha
+    t = method.temperature(3)
+    p = {c: (alpha[c].detach() / t).softmax(-1) for c in alpha}
+    by_hand = sum(float(-(q * q.log()).sum()) for q in p.values())
+    assert float(method.loss_terms(net, 3)["entropy"].detach()) == pytest.approx(1e-3 * by_hand, rel=1e-5)
+    info = method.epoch_info(net, 3)
+    assert info["temperature"] == t and info["entropy"] == pytest.approx(by_hand, rel=1e-5)
+    # minimising the term alone sharpens the distributions
+    opt = torch.optim.SGD(step.arch, lr=50.0)
+    before = sum(float(edge_entropy(alpha[c].detach(), 1.0)) for c in alpha)
+    for _ in range(3):
+        opt.zero_grad()
+        method.loss_terms(net, 0)["entropy"].backward()
+        opt.step()
+    assert sum(float(edge_entropy(alpha[c].detach(), 1.0)) for c in alpha) < before
+
+
+def test_el_darts_switches_and_space():
+    assert make_method("el_darts").resolve_space(None).ops == SearchSpace.el_darts().ops
+    assert make_method("el_darts", {"ess": False}).resolve_space(None).ops == SearchSpace.default().ops
+    net, _ = tiny("el_darts", partial_k=2, dcss=False, entropy=False)
+    assert net.edge_weights() == {"normal": None, "reduce": None}
+    assert net.method.loss_terms(net, 0) == {} and net.method.epoch_info(net, 0) == {}
+    gammas = tiny("el_darts")[0].arch.edges["normal"]
+    assert float(gammas.min()) > 0.25 and float(gammas.max()) < 0.75
+    with pytest.raises(EdgenasError, match="--no-ess"):
+        make_method("el_darts", {"ess": False}).resolve_space(SearchSpace.default())
+
+
+def test_pc_darts_edge_weights_are_per_node_softmaxes():
+    net, _ = tiny("pc_darts")
+    w = net.edge_weights()["reduce"].detach()
+    assert [float(s.sum()) for s in w.split([2, 3])] == pytest.approx([1.0, 1.0])
+
+
+def test_swd_weights_come_from_attention_and_average_over_recorded_batches():
+    net, step = tiny("swd")
+    assert not net.arch.alpha and net.method.op_weights(net, "normal") is None
+    mixer = net.cells[0].edges[0].mixer
+    seen = []
+    with net.recording():
+        for seed in range(2):
+            x, y = _batch()
+            step.arch_step(x + seed, y, epoch=0)
+            seen.append(mixer.last.detach().clone())
+    assert torch.allclose(mixer.average(), (seen[0] + seen[1]) / 2)
+    assert float(mixer.average()[0]) == 0.0  # 'none' is not run and weighs nothing
+    net.reset_records()
+    assert mixer.average() is None
+
+
+def test_attn_darts_uses_attention_operators_and_cell_residuals():
+    method = make_method("attn_darts")
+    ops = method.resolve_space(None).ops
+    assert set(ATTENTION_VARIANTS.values()) <= set(ops) and "sep_conv_3x3" not in ops
+    pruned = SearchSpace(("skip_connect", "sep_conv_3x3"))
+    assert method.resolve_space(pruned).ops == ("skip_connect", "sep_conv_3x3_attn")
+    net, _ = tiny("attn_darts")
+    assert all(c.shortcut is not None for c in net.cells)
+
+
+def test_a_genotype_with_attention_operators_builds_an_evaluation_network():
+    from edgenas.nets import build_network, default_config
+
+    g = Genotype(normal=(("sep_conv_3x3_attn", 0), ("skip_connect", 1), ("dil_conv_3x3_attn", 2), ("sep_conv_3x3_attn", 0)),
+                 normal_concat=(2, 3), reduce=(("max_pool_3x3", 0), ("sep_conv_5x5_attn", 1),
+                                               ("skip_connect", 2), ("dil_conv_5x5_attn", 1)), reduce_concat=(2, 3))
+    g.validate()
+    net = build_network(g, default_config("cifar10", C=4, layers=3, auxiliary=False)).eval()
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+def test_method_settings_are_checked():
+    with pytest.raises(EdgenasError, match="unknown search method 'nope'.*darts, pc_darts"):
+        make_method("nope")
+    with pytest.raises(EdgenasError, match="--partial-k does not apply to method 'darts'"):
+        make_method("darts", {"partial_k": 4})
+    cfg = SupernetConfig(ops=DARTS_OPS, C=16)
+    with pytest.raises(EdgenasError, match="--partial-k 3 does not divide --channels 16"):
+        make_method("pc_darts", {"partial_k": 3}).check(cfg)
+    with pytest.raises(EdgenasError, match="needs an even count"):
+        make_method("pc_darts", {"partial_k": 16}).check(cfg)
+    with pytest.raises(EdgenasError, match="at least 2 operators"):
+        SupernetConfig(ops=("sep_conv_3x3",))
+
+
+def test_supernet_stays_channels_last_on_the_cpu():
+    net, _ = tiny("pc_darts")
+    net = net.to(memory_format=CL)
+    feats = []
+    net.cells[-1].register_forward_hook(lambda m, i, o: feats.append(o))
+    x, _ = _batch()
+    net(x.contiguous(memory_format=CL))
+    assert feats[0].is_contiguous(memory_format=CL)
+    assert math.isfinite(float(feats[0].sum()))
