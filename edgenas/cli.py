@@ -436,6 +436,99 @@ def train_cmd(
 
 # ------------------------------------------------------------------------------ search
 # (issue 5/6)
+@command(list_app, "methods")
+def list_methods(json_out: bool = JsonOpt) -> None:
+    """Search methods (--method of `edgenas search`) and their settings."""
+    from dataclasses import fields
+
+    from rich.table import Table
+
+    from edgenas.search import METHODS
+
+    rows = [{"name": n, "title": c.title, "paper": c.paper, "default_cells": c.default_layers,
+             "warmup_share": c.warmup_fraction, "cell_residual": c.cell_residual,
+             "settings": {f.name: f.default for f in fields(c)}, "summary": (c.__doc__ or "").split("\n")[0]}
+            for n, c in METHODS.items()]
+    if json_out:
+        emit_json(rows)
+        return
+    table = Table("method", "after", "cells", "warm-up", "settings")
+    for r in rows:
+        table.add_row(r["name"], f"{r['title']} ({r['paper']})", str(r["default_cells"]), f"{r['warmup_share']:.0%}",
+                      ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "-")
+    console.print(table)
+
+
+@command(app, "search")
+def search_cmd(
+    data: str = typer.Option(..., "--data", help="cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH | "
+                             "fashion-mnist[:DIR] | synthetic[:N] (its training set is split in half)."),
+    method: str = typer.Option("darts", "--method", help="darts | pc_darts | adarts | swd | el_darts | "
+                               "attn_darts (see `edgenas list methods`)."),
+    space: Optional[Path] = typer.Option(None, "--space", help="space.json from `edgenas prune` [the method's "
+                                         "default: DARTS' 8 operators; EL-DARTS' 4]."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Search epochs."),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="Epochs before architecture "
+                                                "updates start [the method's share: 0; 30% for PC-DARTS family]."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per step, for each half."),
+    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Cells [8; 5 for swd]."),
+    channels: int = typer.Option(16, "--channels", min=2, help="Initial channels C."),
+    nodes: int = typer.Option(4, "--nodes", min=1, help="Intermediate nodes per cell."),
+    partial_k: Optional[int] = typer.Option(None, "--partial-k", help="1/K of the channels go through the "
+                                            "operators (pc_darts, adarts, swd, el_darts) [4]."),
+    no_ess: bool = typer.Option(False, "--no-ess", help="el_darts ablation: search the full DARTS space."),
+    no_dcss: bool = typer.Option(False, "--no-dcss", help="el_darts ablation: no dynamic edge coefficients."),
+    no_entropy: bool = typer.Option(False, "--no-entropy", help="el_darts ablation: no entropy regulariser."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Weight learning rate [0.1 x batch/256]."),
+    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds weights, split, data order and augmentation."),
+    subset: Optional[int] = typer.Option(None, "--subset", min=1, help="Use a class-balanced N training images."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="Memory format [on for CPU (measured faster), off on CUDA]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
+                                             help="Stop after N epochs of this call (finish later with --resume)."),
+    device: str = DeviceOpt,
+    json_out: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Differentiable architecture search; writes the genotype, history, checkpoints and figures."""
+    from edgenas.device import resolve_device
+    from edgenas.search import make_method
+    from edgenas.search.loop import SearchConfig, default_run_folder, search
+    from edgenas.space import SearchSpace
+
+    settings = {"partial_k": partial_k, "ess": False if no_ess else None, "dcss": False if no_dcss else None,
+                "entropy": False if no_entropy else None}
+    chosen = make_method(method, settings)
+    given_space = SearchSpace.load(space) if space is not None else None
+    cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
+                       channels=channels, nodes=nodes, seed=seed, subset=subset, lr=lr, arch_lr=arch_lr,
+                       channels_last=channels_last)
+    dev = resolve_device(device)
+    # budget options (issue 6) plug in here as search(..., penalties=..., deriver=...)
+    result = search(chosen, given_space, cfg, data, out=out or default_run_folder(method), device=dev,
+                    resume=resume, stop_after=stop_after, quiet=quiet,
+                    space_source=str(space) if space is not None else None)
+    summary = result.summary()
+    if json_out:
+        emit_json(summary)
+        return
+    con = out_console(json_out, quiet)
+    con.print(f"{chosen.title} over {len(result.ops)} operators ({', '.join(result.ops)}): "
+              f"{summary['epochs_done']}/{epochs} epochs, "
+              f"{sum(s or 0 for s in summary['seconds_per_epoch']):.0f} s, "
+              f"peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['memory_kind']})")
+    con.print(f"genotype: {result.genotype.to_literal()}", markup=False)
+    con.print(f"skip_connect in the normal cell: {summary['normal_skip_connect']}")
+    if result.loop.stopped_early:
+        con.print(f"stopped after --stop-after {stop_after}; continue with --resume --out {result.run}")
+    else:
+        con.print(f"genotype file: {summary['genotype_file']}  (train it: edgenas train {summary['genotype_file']} "
+                  f"--data ...)", markup=False)
+    con.print(f"run folder: {result.run}")
+
 
 # ------------------------------------------------------------------------------ export
 # (issue 7)
