@@ -489,11 +489,32 @@ def search_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
                                              help="Stop after N epochs of this call (finish later with --resume)."),
+    mac_budget: Optional[str] = typer.Option(None, "--mac-budget", help="MAC budget of the evaluation network "
+                                             "the genotype becomes, e.g. 600M or 0.6G (hard: derivation meets it)."),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="Latency budget of its cell "
+                                                 "operators from --profile, e.g. 12ms (hard, like --mac-budget)."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of the target device (latency budget)."),
+    budget_setting: str = typer.Option("cifar10", "--budget-setting",
+                                       help="Evaluation network the budgets refer to: cifar10 | cifar100 | "
+                                       "imagenet-mobile."),
+    budget_channels: Optional[int] = typer.Option(None, "--budget-channels",
+                                                  help="Its initial channels [setting default: 36; 48 ImageNet]."),
+    budget_layers: Optional[int] = typer.Option(None, "--budget-layers",
+                                                help="Its cells [setting default: 20; 14 ImageNet]."),
+    budget_batch: int = typer.Option(1, "--budget-batch", help="Batch the latency budget is for (= profile's)."),
+    budget_weight: float = typer.Option(1.0, "--budget-weight",
+                                        help="Weight of the penalty weight * max(0, E[cost]/budget - 1)."),
+    profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure operator shapes the profile "
+                                         "lacks on this device (default: refuse, naming them)."),
     device: str = DeviceOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Differentiable architecture search; writes the genotype, history, checkpoints and figures."""
+    """Differentiable architecture search; writes the genotype, history, checkpoints and figures.
+
+    With --mac-budget / --latency-budget the search adds a penalty on the expected cost and derives
+    the best genotype that meets every budget exactly (or stops at once, naming the minimum).
+    """
     from edgenas.device import resolve_device
     from edgenas.search import make_method
     from edgenas.search.loop import SearchConfig, default_run_folder, search
@@ -506,16 +527,34 @@ def search_cmd(
     cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
                        channels=channels, nodes=nodes, seed=seed, subset=subset, lr=lr, arch_lr=arch_lr,
                        channels_last=channels_last)
+    from edgenas.costs import parse_count
+    from edgenas.files import write_json
+    from edgenas.search.budgets import BUDGET_FORMAT, BudgetSpec, parse_latency, plan_budgets_for_data
+
+    budget = BudgetSpec(
+        mac_budget=parse_count(mac_budget, "MAC budget") if mac_budget is not None else None,
+        latency_budget_ms=parse_latency(latency_budget) if latency_budget is not None else None,
+        setting=budget_setting, channels=budget_channels, layers=budget_layers, budget_batch=budget_batch,
+        weight=budget_weight, profile_missing=profile_missing)
     dev = resolve_device(device)
-    # budget options (issue 6) plug in here as search(..., penalties=..., deriver=...)
-    result = search(chosen, given_space, cfg, data, out=out or default_run_folder(method), device=dev,
+    plan = plan_budgets_for_data(budget, data, chosen.resolve_space(given_space).ops, nodes,
+                                 profile_path=profile, device=dev, seed=seed)
+    run_dir = out or default_run_folder(method)
+    result = search(chosen, given_space, cfg, data, out=run_dir, device=dev,
                     resume=resume, stop_after=stop_after, quiet=quiet,
-                    space_source=str(space) if space is not None else None)
+                    space_source=str(space) if space is not None else None,
+                    penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
     summary = result.summary()
+    if plan is not None and not result.loop.stopped_early:
+        check = plan.report_from_record(result.loop.history.records[-1])
+        write_json(result.run / "budget.json", BUDGET_FORMAT, 1, check)
+        summary["budget"] = check
     if json_out:
         emit_json(summary)
         return
     con = out_console(json_out, quiet)
+    if "budget" in summary:
+        _print_budget(con, summary["budget"])
     con.print(f"{chosen.title} over {len(result.ops)} operators ({', '.join(result.ops)}): "
               f"{summary['epochs_done']}/{epochs} epochs, "
               f"{sum(s or 0 for s in summary['seconds_per_epoch']):.0f} s, "
@@ -528,6 +567,24 @@ def search_cmd(
         con.print(f"genotype file: {summary['genotype_file']}  (train it: edgenas train {summary['genotype_file']} "
                   f"--data ...)", markup=False)
     con.print(f"run folder: {result.run}")
+
+
+def _print_budget(con: Console, check: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    c = check["setting"]
+    table = Table(title=f"budget check: {c['setting']} C={c['C']}, {c['layers']} cells, "
+                        f"{c['input_hw'][0]}x{c['input_hw'][1]}")
+    for col in ("genotype", "MACs", "cell-op latency ms", "log-weight score"):
+        table.add_column(col)
+    limits = check["limits"]
+    table.add_row("budget", f"{limits['macs'] / 1e6:.2f} M" if "macs" in limits else "-",
+                  f"{limits['latency_ms']:.3f}" if "latency_ms" in limits else "-", "")
+    for name in ("constrained", "unconstrained"):
+        r = check[name]
+        lat = r.get("latency_ms")
+        table.add_row(name, f"{r['macs'] / 1e6:.2f} M", "-" if lat is None else f"{lat:.3f}", f"{r['score']:.3f}")
+    con.print(table)
 
 
 # ------------------------------------------------------------------------------ export

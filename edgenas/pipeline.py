@@ -274,21 +274,18 @@ class _Stages:
         return True
 
     def _budget_plan(self, ops: tuple[str, ...]) -> Any:
-        """Budgets refer to the network this run trains and exports: its width, depth, input size
-        and classes fill whatever the [budget] table leaves unset."""
-        from edgenas.data import load_data
-        from edgenas.search.budgets import plan_budgets
+        """Budgets refer to the network this run trains and exports: the [train] width and depth
+        fill whatever the [budget] table leaves unset."""
+        from edgenas.search.budgets import plan_budgets_for_data
 
-        bundle = load_data(self.cfg.data, subset=2, seed=self.cfg.seed)
         t, spec = self.cfg.train, self.cfg.budget
-        spec = dataclasses.replace(
-            spec, channels=spec.channels or t.channels, layers=spec.layers or t.layers,
-            input_hw=spec.input_hw or bundle.image_hw, num_classes=spec.num_classes or bundle.num_classes,
-            profile_missing=True)  # the run measures on the device it profiled
-        return plan_budgets(spec, ops, self.cfg.search.nodes, profile_path=self.profile_path,
-                            device=self.device, in_channels=bundle.in_channels)
+        spec = dataclasses.replace(spec, channels=spec.channels or t.channels, layers=spec.layers or t.layers,
+                                   profile_missing=True)  # the run measures on the device it profiled
+        return plan_budgets_for_data(spec, self.cfg.data, ops, self.cfg.search.nodes,
+                                     profile_path=self.profile_path, device=self.device, seed=self.cfg.seed)
 
     def search(self) -> bool:
+        from edgenas.search.budgets import BUDGET_FORMAT
         from edgenas.search.loop import search
         from edgenas.search.methods import make_method
         from edgenas.space import SearchSpace
@@ -304,11 +301,8 @@ class _Stages:
         if result.loop.epochs_done < self.cfg.search.epochs:
             return False
         if plan is not None:
-            last = result.loop.history.records[-1]
-            op_w = {t: torch.tensor(v) for t, v in last["op_weights"].items()}
-            edge = last.get("edge_weights") or {}
-            edge_w = {t: None if v is None else torch.tensor(v) for t, v in edge.items()} or None
-            write_json(self.out / "budget.json", "edgenas.budget-check", 1, plan.report(op_w, edge_w))
+            write_json(self.out / "budget.json", BUDGET_FORMAT, 1,
+                       plan.report_from_record(result.loop.history.records[-1]))
         return True
 
     def train(self) -> bool:

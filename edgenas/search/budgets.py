@@ -28,6 +28,7 @@ remaining nodes must at least add. Without budgets it reduces to the usual DARTS
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
 
 CELL_TYPES = ("normal", "reduce")
+BUDGET_FORMAT = "edgenas.budget-check"  # budget.json: constrained vs unconstrained genotype
 _LOG_FLOOR = 1e-30  # a weight of exactly 0 would give -inf scores and break ties arbitrarily
 
 
@@ -146,7 +148,7 @@ class BudgetInfeasible(EdgenasError):
         super().__init__(
             f"no genotype in this search space meets the {resource} budget of {_fmt(limit, unit)} "
             f"at {setting}: the cheapest possible network needs {_fmt(minimum, unit)}",
-            f"raise the budget to at least {_fmt(minimum, unit)}, or reduce --channels/--layers",
+            f"raise the budget to at least {_fmt(minimum, unit)}, or evaluate a narrower or shallower network",
         )
 
 
@@ -471,6 +473,13 @@ class BudgetPlan:
                     f"above the budget {b.limit}", "please report this as a bug")
         return measured
 
+    def report_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """:meth:`report` for the weights of a search history record (the last epoch's)."""
+        op_w = {t: torch.tensor(v) for t, v in record["op_weights"].items()}
+        edges = record.get("edge_weights") or {}
+        edge_w = {t: None if v is None else torch.tensor(v) for t, v in edges.items()} or None
+        return self.report(op_w, edge_w)
+
     def report(self, op_weights, edge_weights) -> dict[str, Any]:
         """The constrained genotype beside the unconstrained argmax, each with its costs."""
         free = derive(op_weights, self.ops, self.steps, edge_weights)
@@ -510,6 +519,26 @@ def plan_budgets(spec: BudgetSpec, ops: Sequence[str], steps: int, *, profile_pa
     uniform = {t: np.ones((num_edges(steps), len(ops))) for t in CELL_TYPES}
     plan.derive(uniform, None)
     return plan
+
+
+def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps: int, *,
+                          profile_path: str | Path | None, device: torch.device, seed: int = 0) -> BudgetPlan | None:
+    """:func:`plan_budgets` for a network trained on ``data``.
+
+    A CIFAR-style budget refers to the network retrained on this data, so its input size, classes
+    and input channels come from the data unless given; the ImageNet mobile setting is defined at
+    224x224 with 1000 classes and keeps its own.
+    """
+    if not spec.active:
+        return None
+    from edgenas.data import load_data
+
+    bundle = load_data(data, subset=2, seed=seed)
+    if spec.setting != "imagenet-mobile":
+        spec = dataclasses.replace(spec, input_hw=spec.input_hw or bundle.image_hw,
+                                   num_classes=spec.num_classes or bundle.num_classes)
+    return plan_budgets(spec, ops, steps, profile_path=profile_path, device=device,
+                        in_channels=bundle.in_channels)
 
 
 def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
