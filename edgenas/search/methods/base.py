@@ -23,6 +23,7 @@ from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.supernet import (
     AllChannels,
     ArchModule,
+    EdgeNode,
     MixedOp,
     SelectedEdge,
     Supernet,
@@ -91,6 +92,11 @@ class Method:
                    dtype: torch.dtype | None = None) -> nn.Module:
         selector = self.selector(C, stride, device=device, dtype=dtype)
         return SelectedEdge(selector, self.mixer(ops, selector.width, stride, device=device, dtype=dtype))
+
+    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, device: Any = None,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+        """An intermediate node fed by edges of these strides (one per earlier state)."""
+        return EdgeNode([self.build_edge(ops, C, s, device=device, dtype=dtype) for s in strides])
 
     def init_edges(self, n_edges: int, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         """Initial raw edge coefficients of one cell type, or None when edges are not weighted."""

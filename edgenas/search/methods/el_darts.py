@@ -26,7 +26,7 @@ from edgenas.errors import EdgenasError
 from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.methods.base import Method, register_method
 from edgenas.search.methods.pc_darts import check_partial
-from edgenas.search.supernet import PartialChannels, Supernet, SupernetConfig
+from edgenas.search.supernet import BatchedPartialNode, PartialChannels, Supernet, SupernetConfig
 from edgenas.space import SearchSpace
 
 
@@ -71,6 +71,10 @@ class ELDarts(Method):
 
     def selector(self, C: int, stride: int, *, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
         return PartialChannels(C, stride, k=self.partial_k)
+
+    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, device: Any = None,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+        return BatchedPartialNode(ops, C, strides, k=self.partial_k, device=device, dtype=dtype)
 
     def init_edges(self, n_edges: int, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         if not self.dcss:

@@ -19,7 +19,7 @@ from torch import nn
 from edgenas.errors import EdgenasError
 from edgenas.ops import get_op
 from edgenas.search.methods.base import Method, register_method
-from edgenas.search.supernet import PartialChannels, SupernetConfig
+from edgenas.search.supernet import BatchedPartialNode, PartialChannels, SupernetConfig
 
 
 def check_partial(cfg: SupernetConfig, k: int) -> None:
@@ -52,6 +52,10 @@ class PCDarts(Method):
 
     def selector(self, C: int, stride: int, *, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
         return PartialChannels(C, stride, k=self.partial_k)
+
+    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, device: Any = None,
+                   dtype: torch.dtype | None = None) -> nn.Module:
+        return BatchedPartialNode(ops, C, strides, k=self.partial_k, device=device, dtype=dtype)
 
     def init_edges(self, n_edges: int, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         return 1e-3 * torch.randn(n_edges, device=device, dtype=dtype)

@@ -76,7 +76,7 @@ def _stack(net: Supernet, cell_type: str, pick: str) -> torch.Tensor:
     cells = []
     for cell in net.cells_of(cell_type):
         rows = []
-        for edge in cell.edges:
+        for edge in cell.edge_modules():
             mixer = edge.mixer
             w = mixer.average() if pick == "average" else None
             rows.append(w if w is not None else mixer.last if mixer.last is not None
