@@ -1,7 +1,7 @@
 """Measure candidate operators on a device: latency, memory, MACs and params per op and shape.
 
 This is the device look-up table hardware-aware DARTS variants build their latency term from
-(EL-DARTS, Guo et al., Sec. 3.1 and Fig. 1: per-operator latency measured on the target device;
+(EL-DARTS, Electronics 15(2):314, 2026, Sec. 3.1 and Fig. 1: per-operator latency measured on the target device;
 FBNet, Wu et al., CVPR 2019, Eq. 5: a network's latency is the sum of its operators' table
 entries). Each entry is timed by :func:`edgenas.device.benchmark` (warm-up until stable, then N
 synchronised runs).

@@ -1,8 +1,8 @@
 """Search spaces: which operators a search may choose, and why the others were dropped.
 
 A :class:`SearchSpace` is what ``edgenas prune`` writes (``space.json``) and ``edgenas search``
-reads. The pruning rules (see :func:`prune`) follow the argument of EL-DARTS (Guo et al.,
-"EL-DARTS: Efficient and Lightweight DARTS", Sec. 3.1: keep one operator per role, prefer the
+reads. The pruning rules (see :func:`prune`) follow the argument of EL-DARTS ("Efficient and
+Lightweight Differentiable Architecture Search", Electronics 15(2):314, 2026, Sec. 3.1: keep one operator per role, prefer the
 cheaper kernel since two stacked 3x3 convolutions cover a 5x5 receptive field, drop the zero
 operator), but apply it to numbers measured on the target device rather than a fixed list.
 """

@@ -1,5 +1,5 @@
-"""EL-DARTS (Guo et al., "Efficient and Lightweight Differentiable Architecture Search",
-Electronics 15(2), 2026).
+"""EL-DARTS ("Efficient and Lightweight Differentiable Architecture Search", Electronics 15(2),
+314, 2026; doi:10.3390/electronics15020314).
 
 Four parts, each switchable for the paper's ablation (Table 3):
 * ESS, the efficient search space: the pruned operator set (``edgenas prune``'s space.json, or its
@@ -41,7 +41,7 @@ def edge_entropy(alpha: torch.Tensor, temperature: float) -> torch.Tensor:
 class ELDarts(Method):
     name = "el_darts"
     title = "EL-DARTS"
-    paper = "Guo et al., Electronics 2026"
+    paper = "EL-DARTS, Electronics 15(2):314, 2026"
     warmup_fraction = 0.3
 
     partial_k: int = 4
