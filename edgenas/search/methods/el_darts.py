@@ -41,7 +41,7 @@ def edge_entropy(alpha: torch.Tensor, temperature: float) -> torch.Tensor:
 class ELDarts(Method):
     name = "el_darts"
     title = "EL-DARTS"
-    paper = "EL-DARTS, Electronics 15(2):314, 2026"
+    paper = "Electronics 15(2):314, 2026"
     warmup_fraction = 0.3
 
     partial_k: int = 4
