@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_assert import assert_clean_failure
 from typer.testing import CliRunner
 
 from edgenas.cli import app
@@ -17,17 +18,6 @@ TINY = ["--channels", "8", "--layers", "5", "--input", "16x16"]
 
 def run(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_clean_failure(r, *needles: str) -> None:
-    """Exit 2, exactly one line on stderr naming the problem, no traceback."""
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert "Traceback" not in r.output
 
 
 def test_inspect_darts_v2_cifar_published_numbers() -> None:

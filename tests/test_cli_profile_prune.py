@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_assert import assert_clean_failure
 from typer.testing import CliRunner
 
 from edgenas.cli import app
@@ -18,17 +19,6 @@ TINY = ["--device", "cpu", "--ops", "none,max_pool_3x3,avg_pool_3x3,sep_conv_3x3
 
 def run(*args: str):
     return CliRunner().invoke(app, list(args))
-
-
-def assert_clean_failure(r, *needles: str) -> None:
-    """Exit 2, exactly one line on stderr naming the problem, no traceback."""
-    assert r.exit_code == 2, r.output
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("error: ")
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    assert "Traceback" not in r.output
 
 
 @pytest.fixture(scope="module")

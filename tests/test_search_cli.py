@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_assert import assert_clean_failure
 from typer.testing import CliRunner
 
 from edgenas.cli import app
@@ -16,16 +17,6 @@ TINY = ["--data", "synthetic:40", "--subset", "16", "--epochs", "2", "--batch-si
 
 def invoke(*args: str):
     return CliRunner().invoke(app, list(args))
-
-
-def bad(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr if hasattr(result, "stderr") else result.output
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for f in fragments:
-        assert f in lines[0], (f, lines[0])
 
 
 def test_list_methods_json_has_all_six():
@@ -65,21 +56,21 @@ def test_cli_resumes_and_prints_json(paused_run):
 
 def test_resume_with_another_method_or_space_is_refused(paused_run, tmp_path):
     root, out, space = paused_run
-    bad(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "2", "--space", str(space),
+    assert_clean_failure(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "2", "--space", str(space),
                "--out", str(out), "--resume"), "method=pc_darts", "method=el_darts")
     other = SearchSpace(("max_pool_3x3", "sep_conv_3x3")).save(tmp_path / "other.json")
-    bad(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--space", str(other),
+    assert_clean_failure(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--space", str(other),
                "--out", str(out), "--resume"), "ops=", "search checkpoint")
 
 
 def test_starting_over_an_existing_run_is_refused(paused_run):
     root, out, space = paused_run
-    bad(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--out", str(out)), "already holds",
+    assert_clean_failure(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--out", str(out)), "already holds",
         "--resume")
 
 
 def test_unknown_method(tmp_path):
-    bad(invoke("search", *TINY, "--method", "enas", "--out", str(tmp_path / "r")), "unknown search method 'enas'",
+    assert_clean_failure(invoke("search", *TINY, "--method", "enas", "--out", str(tmp_path / "r")), "unknown search method 'enas'",
         "pc_darts")
 
 
@@ -94,25 +85,25 @@ def test_bad_space_files(tmp_path, content, fragment):
     path = tmp_path / "space.json"
     if content is not None:
         path.write_text(content)
-    bad(invoke("search", *TINY, "--space", str(path), "--out", str(tmp_path / "r")), fragment)
+    assert_clean_failure(invoke("search", *TINY, "--space", str(path), "--out", str(tmp_path / "r")), fragment)
     assert not (tmp_path / "r").exists(), "nothing may be written for a bad input"
 
 
 def test_k_that_does_not_divide_the_channels(tmp_path):
-    bad(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "3", "--out", str(tmp_path / "r")),
+    assert_clean_failure(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "3", "--out", str(tmp_path / "r")),
         "--partial-k 3 does not divide --channels 4")
 
 
 def test_option_for_another_method(tmp_path):
-    bad(invoke("search", *TINY, "--method", "darts", "--no-entropy", "--out", str(tmp_path / "r")),
+    assert_clean_failure(invoke("search", *TINY, "--method", "darts", "--no-entropy", "--out", str(tmp_path / "r")),
         "--no-entropy does not apply to method 'darts'")
 
 
 def test_dataset_too_small_to_halve(tmp_path):
     args = [a if a != "16" else "1" for a in TINY]  # --subset 1
-    bad(invoke("search", *args, "--out", str(tmp_path / "r")), "too few to split into halves")
+    assert_clean_failure(invoke("search", *args, "--out", str(tmp_path / "r")), "too few to split into halves")
 
 
 def test_warmup_must_end_before_the_last_epoch(tmp_path):
     args = [a if a != "0" else "2" for a in TINY]  # --warmup-epochs 2 of 2
-    bad(invoke("search", *args, "--out", str(tmp_path / "r")), "--warmup-epochs 2 is not below --epochs 2")
+    assert_clean_failure(invoke("search", *args, "--out", str(tmp_path / "r")), "--warmup-epochs 2 is not below --epochs 2")

@@ -25,11 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.search.methods.base import ArchParameters, Method, register_method
-from edgenas.search.methods.pc_darts import check_partial
+from edgenas.search.methods.adarts import ADarts
+from edgenas.search.methods.base import ArchParameters, register_method
 from edgenas.search.supernet import (
     ArchModule,
-    AttentionChannels,
     Supernet,
     SupernetConfig,
     WeightRecorder,
@@ -87,20 +86,13 @@ def _stack(net: Supernet, cell_type: str, pick: str) -> torch.Tensor:
 
 @register_method
 @dataclass(frozen=True)
-class SWDNas(Method):
+class SWDNas(ADarts):
+    """ADARTS' channel-attention selection, with the dual-attention mixer and no alpha."""
+
     name = "swd"
     title = "SWD-NAS"
     paper = "Xue et al., IEEE TII 2024"
     default_layers = 5
-    warmup_fraction = 0.3
-
-    partial_k: int = 4
-
-    def check(self, cfg: SupernetConfig) -> None:
-        check_partial(cfg, self.partial_k)
-
-    def selector(self, C: int, stride: int, *, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
-        return AttentionChannels(C, stride, k=self.partial_k, device=device, dtype=dtype)
 
     def mixer(self, ops: tuple[str, ...], C: int, stride: int, *, device: Any = None,
               dtype: torch.dtype | None = None) -> nn.Module:
