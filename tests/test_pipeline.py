@@ -155,3 +155,10 @@ def test_chain_on_a_slice_of_fashion_mnist(fashion_mnist_dir: Path, tmp_path: Pa
     out = tmp_path / "run"
     run_pipeline(cfg, out, device=CPU, quiet=True)
     _check_artefacts(out, 5e6)
+
+
+def test_the_shipped_demo_config_loads() -> None:
+    """`make demo` runs this file: a typo in it must fail here, not ten minutes into a user's demo."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {})
+    assert cfg.data == "fashion-mnist" and cfg.method == "el_darts"
+    assert cfg.train.epochs >= 1 and cfg.search.epochs > cfg.search.warmup_epochs
