@@ -309,7 +309,9 @@ def blockwise(name: str, C: int, stride: int, groups: int) -> bool:
     True for the DARTS convolutions, pooling and identity; False for FactorizedReduce (it
     concatenates two half-width convolutions, interleaving the blocks) and channel attention.
     """
-    op = group_convs(get_op(name).build(groups * C, stride, affine=False), groups)
+    with torch.random.fork_rng(devices=[]):  # a probe must not consume the seeded stream: cached,
+        # it runs in only the first supernet a process builds, which would then start differently
+        op = group_convs(get_op(name).build(groups * C, stride, affine=False), groups)
     x = torch.randn(2, groups * C, 6, 6, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = op(x)
