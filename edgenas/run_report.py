@@ -57,6 +57,11 @@ def _mmacs(v: Any) -> str:
     return "-" if v is None else f"{v / 1e6:.2f} M"
 
 
+def _expected(budget: str, value: float) -> str:
+    """An epoch's expected cost in the budget's unit (MACs in M, latency in ms)."""
+    return f"{value:.3f} ms" if budget.startswith("latency") else _mmacs(value) + " MACs"
+
+
 def _figure(path: Path, caption: str) -> list[Figure]:
     return [Figure(path, caption)] if path.exists() else []
 
@@ -102,7 +107,7 @@ def sections(out: Path, config: dict[str, Any]) -> list[Section]:
             ["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "seconds", "peak MiB", "expected cost"],
             [[r["epoch"] + 1, _f(r.get("train_top1")), _f(r.get("val_top1")), r.get("normal_skip_connect"),
               _f(r.get("seconds"), 1), _f((r.get("peak_memory_bytes") or 0) / 2**20, 0),
-              "; ".join(f"{k} {_f(v['value'], 1)}" for k, v in (r.get("penalties") or {}).items()) or "-"]
+              "; ".join(_expected(k, v["value"]) for k, v in (r.get("penalties") or {}).items()) or "-"]
              for r in hist]))
         geno = _read_json(out / "search" / "genotype.json")
         if geno:
