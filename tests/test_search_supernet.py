@@ -159,10 +159,16 @@ def test_batched_partial_node_equals_separate_partial_edges(strides):
               for s in strides]
     op_w = torch.rand(len(strides), len(EL_DARTS_OPS), generator=gen)
     coefs = torch.rand(len(strides), generator=gen)
-    want = per_edge(states, op_w, coefs)
-    assert torch.allclose(batched(states, op_w, coefs), want, atol=1e-5)
     per_edge.merge_per_node = False  # the literal PC-DARTS order: cat + shuffle on every edge
-    assert torch.allclose(per_edge(states, op_w, coefs), want, atol=1e-5)
+    inputs = [s.clone().requires_grad_() for s in states]
+    weights = [op_w.clone().requires_grad_(), coefs.clone().requires_grad_()]
+    want = per_edge(inputs, *weights)
+    g_out = torch.randn(want.shape, generator=gen)
+    want_grads = torch.autograd.grad(want, inputs + weights, g_out)
+    got = batched([batched.prepare(h, i) for i, h in enumerate(inputs)], *weights)
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, inputs + weights, g_out), want_grads):
+        assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_grouping_probe_knows_which_operators_are_blockwise():

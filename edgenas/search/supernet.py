@@ -279,6 +279,10 @@ class EdgeNode(nn.Module):
         self.edges = nn.ModuleList(edges)
         self.merge_per_node = all(getattr(e.selector, "linear_merge", False) for e in self.edges)
 
+    def prepare(self, h: torch.Tensor, i: int) -> torch.Tensor:
+        """A state as this node's :meth:`forward` reads it (each edge selects its own channels)."""
+        return h
+
     def forward(self, states: Sequence[torch.Tensor], op_w: torch.Tensor | None,
                 coefs: torch.Tensor | None) -> torch.Tensor:
         rows: Sequence[torch.Tensor | None] = op_w.unbind(0) if op_w is not None else [None] * len(self.edges)
@@ -381,6 +385,11 @@ class BatchedPartialNode(nn.Module):
     The same function as an :class:`EdgeNode` of PC-DARTS edges: per edge the first C/K channels go
     through the mixed operation (weighted by ``c_e * w_e``), the rest bypass (pooled at stride 2);
     processed and bypassed parts are summed over the edges, concatenated and shuffled.
+
+    Every node of a cell reads the same channels of a state and pools its bypass at the same stride,
+    so the cell splits each state once (:meth:`prepare`) and hands the parts to all its nodes: one
+    split backward per state instead of two zero-filled full-width slice gradients per edge, and one
+    bypass pooling per state instead of one per edge.
     """
 
     def __init__(self, ops: Sequence[str], C: int, strides: Sequence[int], *, k: int, device: Any = None,
@@ -391,19 +400,24 @@ class BatchedPartialNode(nn.Module):
         self.mixers = nn.ModuleList(
             BatchedMixedOp(ops, C // k, strides[g[0]], len(g), device=device, dtype=dtype) for g in self.groups)
 
-    def forward(self, states: Sequence[torch.Tensor], op_w: torch.Tensor | None,
+    def prepare(self, h: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """State ``i`` as (channels the operators read, bypassed channels pooled at its edges' stride)."""
+        sel = self.selectors[i]
+        part, rest = h.split([sel.width, h.shape[1] - sel.width], 1)
+        return part, sel.bypass(rest)
+
+    def forward(self, inputs: Sequence[tuple[torch.Tensor, torch.Tensor]], op_w: torch.Tensor | None,
                 coefs: torch.Tensor | None) -> torch.Tensor:
+        """``inputs``: the earlier states as :meth:`prepare` gives them."""
         assert op_w is not None, "a partial-channel node needs operator weights"
-        splits = [sel.split(h) for sel, h in zip(self.selectors, states)]
         w = op_w if coefs is None else op_w * coefs[:, None]
         processed = []
         for group, mixer in zip(self.groups, self.mixers):
-            x = torch.cat([splits[e][0] for e in group], 1) if len(group) > 1 else splits[group[0]][0]
+            x = torch.cat([inputs[e][0] for e in group], 1) if len(group) > 1 else inputs[group[0]][0]
             y = mixer(x, w[group])
             processed.append(_sum_blocks(y, len(group)) if len(group) > 1 else y)
-        bypassed = [sel.bypass(rest) for sel, (_, rest) in zip(self.selectors, splits)]
         c = coefs.unbind(0) if coefs is not None else None
-        return self.selectors[0].combine(_sum(processed, None), _sum(bypassed, c))
+        return self.selectors[0].combine(_sum(processed, None), _sum([b for _, b in inputs], c))
 
 
 # --- cells and the network ---------------------------------------------------------------------
@@ -444,11 +458,17 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, op_w: torch.Tensor | None,
                 edge_w: torch.Tensor | None) -> torch.Tensor:
         states = [self.pre0(s0), self.pre1(s1)]
+        # each state as the nodes read it, prepared once for all of them (the last node reads every
+        # state a node reads, with the same stride as the others)
+        read = self.nodes[-1].prepare
+        inputs = [read(h, i) for i, h in enumerate(states)]
         e = 0
-        for node in self.nodes:
-            n = len(states)
-            states.append(node(states, None if op_w is None else op_w[e : e + n],
+        for j, node in enumerate(self.nodes):
+            n = len(inputs)
+            states.append(node(inputs, None if op_w is None else op_w[e : e + n],
                                None if edge_w is None else edge_w[e : e + n]))
+            if j + 1 < len(self.nodes):
+                inputs.append(read(states[-1], n))
             e += n
         out = torch.cat(states[2:], 1)
         if self.shortcut is not None:
