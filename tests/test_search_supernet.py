@@ -11,10 +11,11 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
-from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS
+from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS
 from edgenas.search import METHODS, make_method
 from edgenas.search.budgets import edge_inputs
-from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, accelerate
+from edgenas.search import supernet
+from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax
 from edgenas.search.methods.el_darts import edge_entropy
@@ -26,7 +27,9 @@ from edgenas.search.supernet import (
     Supernet,
     SupernetConfig,
     blockwise,
+    chain,
     channel_shuffle,
+    weighted_sum,
 )
 from edgenas.space import SearchSpace
 
@@ -126,12 +129,12 @@ def test_channel_shuffle_is_the_same_permutation_in_both_memory_formats():
     assert torch.equal(cl, ref) and cl.is_contiguous(memory_format=CL)
 
 
-def _pc_nodes(strides, C=8, k=2):
+def _pc_nodes(strides, C=8, k=2, ops=EL_DARTS_OPS):
     """A PC-DARTS node as separate edges and as a batched node holding the same parameters."""
     torch.manual_seed(0)
     method = make_method("pc_darts", {"partial_k": k})
-    per_edge = EdgeNode([method.build_edge(EL_DARTS_OPS, C, s) for s in strides])
-    batched = method.build_node(EL_DARTS_OPS, C, strides)
+    per_edge = EdgeNode([method.build_edge(ops, C, s) for s in strides])
+    batched = method.build_node(ops, C, strides)
     assert isinstance(batched, BatchedPartialNode)
     for group, mixer in zip(batched.groups, batched.mixers):
         for pos, cand in enumerate(mixer.candidates):
@@ -150,19 +153,62 @@ def _pc_nodes(strides, C=8, k=2):
     return per_edge, batched
 
 
-@pytest.mark.parametrize("strides", [[1, 1, 1], [2, 2, 1, 1]])
-def test_batched_partial_node_equals_separate_partial_edges(strides):
-    per_edge, batched = _pc_nodes(strides)
+@pytest.mark.parametrize("strides", [[1, 1, 1], [2, 2, 1, 1], [2, 2, 1]])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_batched_partial_node_equals_separate_partial_edges(strides, fmt, monkeypatch):
+    """Forward and every gradient; in channels_last the batched node takes the fused BN-and-mix path."""
+    per_edge, batched = _pc_nodes(strides, ops=DARTS_OPS)
     assert per_edge.merge_per_node
+    per_edge, batched = per_edge.to(memory_format=fmt), accelerate(batched.to(memory_format=fmt))
+    fused = []
+    monkeypatch.setattr(supernet, "norm_mix", lambda *a: fused.append(norm_mix(*a)) or fused[-1])
     gen = torch.Generator().manual_seed(2)
     states = [torch.randn(2, 8, 8, 8, generator=gen) if s == 2 else torch.randn(2, 8, 4, 4, generator=gen)
               for s in strides]
-    op_w = torch.rand(len(strides), len(EL_DARTS_OPS), generator=gen)
+    states = [s.contiguous(memory_format=fmt) for s in states]
+    op_w = torch.rand(len(strides), len(DARTS_OPS), generator=gen)
     coefs = torch.rand(len(strides), generator=gen)
-    want = per_edge(states, op_w, coefs)
-    assert torch.allclose(batched(states, op_w, coefs), want, atol=1e-5)
     per_edge.merge_per_node = False  # the literal PC-DARTS order: cat + shuffle on every edge
-    assert torch.allclose(per_edge(states, op_w, coefs), want, atol=1e-5)
+    inputs = [s.clone().requires_grad_() for s in states]
+    weights = [op_w.clone().requires_grad_(), coefs.clone().requires_grad_()]
+    want = per_edge(inputs, *weights)
+    g_out = torch.randn(want.shape, generator=gen)
+    want_grads = torch.autograd.grad(want, inputs + weights, g_out)
+    got = batched([batched.prepare(h, i) for i, h in enumerate(inputs)], *weights)
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, inputs + weights, g_out), want_grads):
+        assert torch.allclose(a, b, atol=1e-4)
+    assert len(fused) == len(batched.mixers) and all((f is not None) == (fmt == CL) for f in fused)
+
+
+@pytest.mark.parametrize("name", [n for n, spec in OPS.items() if not spec.is_zero])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_an_operators_chain_computes_the_operator(name, stride):
+    torch.manual_seed(0)
+    op = OPS[name].build(4, stride, affine=False)
+    x = torch.randn(2, 4, 6, 6)
+    y = x
+    for layer in chain(op):
+        y = layer(y)
+    assert torch.equal(y, op(x))
+
+
+def test_norm_mix_is_batchnorms_and_a_weighted_sum():
+    torch.manual_seed(0)
+    bns = [nn.BatchNorm2d(3, affine=False) for _ in range(3)]
+    ref = copy.deepcopy(bns)
+    xs = [(torch.randn(4, 3, 5, 6) * (o + 1) + o).contiguous(memory_format=CL).requires_grad_() for o in range(3)]
+    a = torch.rand(3, 3, requires_grad=True)
+    g = torch.randn(4, 3, 5, 6)
+    out = norm_mix(xs, bns, a)
+    want = weighted_sum([bn(x) for bn, x in zip(ref, xs)], [c.view(1, -1, 1, 1) for c in a])
+    assert out.is_contiguous(memory_format=CL) and torch.allclose(out, want, atol=1e-5)
+    for p, q in zip(torch.autograd.grad(out, [*xs, a], g), torch.autograd.grad(want, [*xs, a], g)):
+        assert torch.allclose(p, q, atol=1e-5)
+    for bn, r in zip(bns, ref):
+        for p, q in zip(bn.buffers(), r.buffers()):
+            assert torch.allclose(p.float(), q.float(), atol=1e-6)
+    assert norm_mix([x.contiguous() for x in xs], bns, a) is None  # NCHW: the layers themselves
 
 
 def test_grouping_probe_knows_which_operators_are_blockwise():

@@ -130,21 +130,95 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
         return gx, gw, gb, None
 
 
+def _fast_bn_applies(bn: nn.BatchNorm2d, x: torch.Tensor) -> bool:
+    return (bn.training and x.device.type == "cpu" and x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] > 1
+            and x.is_contiguous(memory_format=torch.channels_last) and bn.momentum is not None)
+
+
+def _track(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
+    """Update ``bn``'s running statistics from a batch's (biased) ``var`` over ``m`` values, as native BN."""
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.running_mean.lerp_(mean, bn.momentum)
+            bn.running_var.lerp_(var * (m / (m - 1)), bn.momentum)  # unbiased, as native BN
+            bn.num_batches_tracked.add_(1)
+
+
 class FastBatchNorm2d(nn.BatchNorm2d):
     """An ``nn.BatchNorm2d`` (same state) with a faster training path for channels_last CPU tensors."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and x.device.type == "cpu" and x.dim() == 4 and x.shape[0] * x.shape[2] * x.shape[3] > 1
-                and x.is_contiguous(memory_format=torch.channels_last) and self.momentum is not None):
+        if not _fast_bn_applies(self, x):
             return super().forward(x)
         out, mean, var = _ChannelsLastBatchNorm.apply(x, self.weight, self.bias, self.eps)
-        if self.track_running_stats:
-            with torch.no_grad():
-                m = x.numel() // x.shape[1]
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * (m / (m - 1)), self.momentum)  # unbiased, as native BN
-                self.num_batches_tracked.add_(1)
+        _track(self, mean, var, x.numel() // x.shape[1])
         return out
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels_last (B, C, H, W) tensor as the (B*H*W, C) matrix it is in memory (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+class _NormMix(torch.autograd.Function):
+    """``sum_o a_o * BN(x_o)`` (training-mode, non-affine BN per input) in one pass per input.
+
+    Per input the statistics take two column sums and the mixture one multiply-add into a shared
+    output; the backward needs one column dot product and one multiply-add per input. The separate
+    layers took ~6 passes per BN, one per weighted-sum term, and ~10 more for their gradients, each
+    a freshly allocated (B*H*W, C) matrix (on this VM a page-faulting allocation costs about as much
+    as the arithmetic); here one scratch matrix is reused.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, eps: float, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n, c, h, w = xs[0].shape
+        X = [_rows(x) for x in xs]
+        m = X[0].shape[0]
+        buf = torch.empty_like(X[0])
+        mean = torch.stack([x.sum(0) for x in X]).div_(m)  # (K, c)
+        var = torch.stack([torch.sub(x, mu, out=buf).square_().sum(0) for x, mu in zip(X, mean)]).div_(m)
+        rstd = torch.rsqrt(var + eps)
+        s = a * rstd
+        out = torch.addcmul(-(s * mean).sum(0), X[0], s[0])
+        for x, so in zip(X[1:], s[1:]):
+            out.addcmul_(x, so)
+        ctx.save_for_backward(a, mean, rstd, *xs)
+        ctx.mark_non_differentiable(mean, var)
+        return out.view(n, h, w, c).permute(0, 3, 1, 2), mean, var
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        a, mean, rstd, *xs = ctx.saved_tensors
+        G = _rows(g.contiguous(memory_format=torch.channels_last))
+        m = G.shape[0]
+        buf = torch.empty_like(G)
+        gsum = G.sum(0)
+        # sum over rows of g * y_o with y_o = (x_o - mean_o) * rstd_o: the gradient of a_o
+        gy = torch.stack([torch.mul(G, _rows(x), out=buf).sum(0) for x in xs]).sub_(mean * gsum).mul_(rstd)
+        grads: list[torch.Tensor | None] = [None] * len(xs)
+        if any(ctx.needs_input_grad[2:]):
+            # BN's input gradient a_o*rstd_o*(g - mean(g) - y_o*mean(g*y_o)), written as s*g - u*x + t
+            s = a * rstd
+            u = s * rstd * gy / m
+            t = u * mean - s * gsum / m
+            for o, x in enumerate(xs):
+                if ctx.needs_input_grad[2 + o]:
+                    gx = torch.addcmul(t[o], G, s[o]).addcmul_(_rows(x), u[o], value=-1)
+                    grads[o] = gx.view(g.shape[0], g.shape[2], g.shape[3], -1).permute(0, 3, 1, 2)
+        return (gy if ctx.needs_input_grad[0] else None), None, *grads
+
+
+def norm_mix(xs: list[torch.Tensor], bns: list[nn.BatchNorm2d], a: torch.Tensor) -> torch.Tensor | None:
+    """``sum_o a[o] * bns[o](xs[o])`` for non-affine training-mode BNs over channels_last CPU tensors
+    (``a``: (K, C)), updating the BNs' running statistics; None where that fast path does not apply."""
+    if not all(not bn.affine and bn.eps == bns[0].eps and _fast_bn_applies(bn, x) for bn, x in zip(bns, xs)):
+        return None
+    out, mean, var = _NormMix.apply(a, bns[0].eps, *xs)
+    m = xs[0].numel() // xs[0].shape[1]
+    for bn, mu, v in zip(bns, mean, var):
+        _track(bn, mu, v, m)
+    return out
 
 
 def accelerate(module: nn.Module) -> nn.Module:
