@@ -23,6 +23,7 @@ from edgenas.search.supernet import (
     AttentionChannels,
     BatchedPartialNode,
     EdgeNode,
+    MixedOp,
     PartialChannels,
     Supernet,
     SupernetConfig,
@@ -161,7 +162,8 @@ def test_batched_partial_node_equals_separate_partial_edges(strides, fmt, monkey
     assert per_edge.merge_per_node
     per_edge, batched = per_edge.to(memory_format=fmt), accelerate(batched.to(memory_format=fmt))
     fused = []
-    monkeypatch.setattr(supernet, "norm_mix", lambda *a: fused.append(norm_mix(*a)) or fused[-1])
+    # the reference runs every BatchNorm layer, then the weighted sum (no fused path)
+    monkeypatch.setattr(supernet, "norm_mix", lambda *a: None)
     gen = torch.Generator().manual_seed(2)
     states = [torch.randn(2, 8, 8, 8, generator=gen) if s == 2 else torch.randn(2, 8, 4, 4, generator=gen)
               for s in strides]
@@ -174,6 +176,7 @@ def test_batched_partial_node_equals_separate_partial_edges(strides, fmt, monkey
     want = per_edge(inputs, *weights)
     g_out = torch.randn(want.shape, generator=gen)
     want_grads = torch.autograd.grad(want, inputs + weights, g_out)
+    monkeypatch.setattr(supernet, "norm_mix", lambda *a: fused.append(norm_mix(*a)) or fused[-1])
     got = batched([batched.prepare(h, i) for i, h in enumerate(inputs)], *weights)
     assert torch.allclose(got, want, atol=1e-5)
     for a, b in zip(torch.autograd.grad(got, inputs + weights, g_out), want_grads):
@@ -399,3 +402,28 @@ def test_a_seeded_supernet_starts_the_same_whatever_the_process_built_before():
     second = tiny("pc_darts")[0].state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_darts_mixed_op_is_the_weighted_sum_of_its_operators(fmt):
+    """DARTS' edge shares the batched mixer's shared ReLU and fused BN-and-sum: same values and grads."""
+    torch.manual_seed(0)
+    fast = accelerate(MixedOp(DARTS_OPS, 4, 1)).to(memory_format=fmt)
+    plain = copy.deepcopy(fast)
+    for m in plain.modules():  # back to the stock layers
+        if isinstance(m, FastBatchNorm2d):
+            m.__class__ = nn.BatchNorm2d
+        elif isinstance(m, FastDepthwiseConv2d):
+            m.__class__ = nn.Conv2d
+    x = torch.randn(2, 4, 6, 6).contiguous(memory_format=fmt)
+    w = torch.softmax(torch.randn(len(DARTS_OPS)), 0)
+    results = []
+    for mixer, literal in ((fast, False), (plain, True)):
+        xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
+        if literal:
+            out = sum(wi[i] * op(xi) for i, op in zip(mixer.index, mixer.candidates))
+        else:
+            out = mixer(xi, wi)
+        results.append([out, *torch.autograd.grad(out.square().sum(), [xi, wi])])
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -192,21 +192,29 @@ class AttentionChannels(nn.Module):
 
 # --- mixers ------------------------------------------------------------------------------------
 
-def build_candidates(ops: Sequence[str], C: int, stride: int, *, device: Any = None,
+def build_candidates(ops: Sequence[str], C: int, stride: int, *, n: int = 1, device: Any = None,
                      dtype: torch.dtype | None = None) -> tuple[list[int], nn.ModuleList]:
     """The operators an edge runs (every one but ``none``) and their indices in ``ops``.
 
     Supernet operators have non-affine BatchNorm (DARTS), and those the registry marks
-    ``bn_in_search`` (pooling) get one appended so their scale matches the convolutions'.
+    ``bn_in_search`` (pooling) get one appended so their scale matches the convolutions'. For ``n``
+    edges run as one (:class:`BatchedMixedOp`) each operator is built for ``n * C`` channels with
+    its dense convolutions grouped per edge, or as one copy per edge where grouping would mix them.
     """
+    kw = {"device": device, "dtype": dtype}
     index, modules = [], nn.ModuleList()
     for i, name in enumerate(ops):
         spec = get_op(name)
         if spec.is_zero:
             continue
-        op = spec.build(C, stride, affine=False, device=device, dtype=dtype)
+        if n == 1:
+            op: nn.Module = spec.build(C, stride, affine=False, **kw)
+        elif blockwise(name, C, stride, n):
+            op = group_convs(spec.build(n * C, stride, affine=False, **kw), n)
+        else:
+            op = Blocks([spec.build(C, stride, affine=False, **kw) for _ in range(n)], C)
         if spec.bn_in_search:
-            op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False, device=device, dtype=dtype))
+            op = nn.Sequential(op, nn.BatchNorm2d(n * C, affine=False, **kw))
         index.append(i)
         modules.append(op)
     return index, modules
@@ -221,20 +229,6 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[torch.Tensor
     for t, w in zip(tensors[1:], weights[1:]):
         out = torch.addcmul(out, t, w)
     return out
-
-
-class MixedOp(nn.Module):
-    """``sum_o w_o * o(x)`` with the weights given by the caller (softmax(alpha) in DARTS)."""
-
-    def __init__(self, ops: Sequence[str], C: int, stride: int, *, device: Any = None,
-                 dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.index, self.candidates = build_candidates(ops, C, stride, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        assert w is not None, "MixedOp needs operator weights"
-        ws = w.unbind(0)
-        return weighted_sum([op(x) for op in self.candidates], [ws[i] for i in self.index])
 
 
 class SelectedEdge(nn.Module):
@@ -367,23 +361,7 @@ class BatchedMixedOp(nn.Module):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.n, self.C = n, C
-        self.index: list[int] = []
-        self.candidates = nn.ModuleList()
-        kw = {"device": device, "dtype": dtype}
-        for i, name in enumerate(ops):
-            spec = get_op(name)
-            if spec.is_zero:
-                continue
-            if n == 1:
-                op: nn.Module = spec.build(C, stride, affine=False, **kw)
-            elif blockwise(name, C, stride, n):
-                op = group_convs(spec.build(n * C, stride, affine=False, **kw), n)
-            else:
-                op = Blocks([spec.build(C, stride, affine=False, **kw) for _ in range(n)], C)
-            if spec.bn_in_search:
-                op = nn.Sequential(op, nn.BatchNorm2d(n * C, affine=False, **kw))
-            self.index.append(i)
-            self.candidates.append(op)
+        self.index, self.candidates = build_candidates(ops, C, stride, n=n, device=device, dtype=dtype)
         # (reads the shared ReLU?, layers in between, closing BatchNorm or None) per candidate; a
         # plain list: the layers are registered once, under candidates
         self.plans: list[tuple[bool, list[nn.Module], nn.BatchNorm2d | None]] = []
@@ -414,6 +392,20 @@ class BatchedMixedOp(nn.Module):
         for h, c in plain:
             mixed = torch.addcmul(mixed, h, c)
         return mixed
+
+
+class MixedOp(BatchedMixedOp):
+    """``sum_o w_o * o(x)`` over one edge's candidates, the weights given by the caller
+    (softmax(alpha) in DARTS): a batched mixed op of one edge, so DARTS gets the same shared ReLU
+    and fused BatchNorm-and-sum."""
+
+    def __init__(self, ops: Sequence[str], C: int, stride: int, *, device: Any = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(ops, C, stride, 1, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        assert w is not None, "MixedOp needs operator weights"
+        return super().forward(x, w[None])
 
 
 def _sum_blocks(y: torch.Tensor, n: int) -> torch.Tensor:
