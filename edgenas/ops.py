@@ -56,6 +56,10 @@ class ReLUConvBN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on an input already passed through ReLU (a search network shares it)."""
+        return self.op[2](self.op[1](x))
+
 
 class DilConv(nn.Module):
     """ReLU -> depthwise conv (dilated) -> pointwise conv -> BN."""
@@ -159,7 +163,10 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+        return self.after_relu(self.relu(x))
+
+    def after_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on an input already passed through ReLU (a search network shares it)."""
         a = self.conv_1(x)
         # The shifted half sees the pixels the first half skips; on odd sizes it would come out
         # one pixel smaller, so pad it back (no-op on the even sizes DARTS uses).

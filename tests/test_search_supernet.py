@@ -11,7 +11,7 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
-from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS
+from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
 from edgenas.search import METHODS, make_method
 from edgenas.search.budgets import edge_inputs
 from edgenas.search import supernet
@@ -128,6 +128,16 @@ def test_channel_shuffle_is_the_same_permutation_in_both_memory_formats():
     assert ref[0, :, 0, 0].tolist() == [0 * 9 + 0, 2 * 9, 4 * 9, 6 * 9, 1 * 9, 3 * 9, 5 * 9, 7 * 9]
     cl = channel_shuffle(x.contiguous(memory_format=CL), 4)
     assert torch.equal(cl, ref) and cl.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("block", [lambda: ReLUConvBN(6, 4, 1, 1, 0, affine=False),
+                                   lambda: FactorizedReduce(6, 4, affine=False)])
+def test_preprocessing_after_a_shared_relu_is_the_block(block):
+    """The supernet applies each state's ReLU once for the two cells that read it."""
+    torch.manual_seed(0)
+    pre = block()
+    x = torch.randn(2, 6, 8, 8)
+    assert torch.equal(pre.after_relu(x.relu()), pre(x))
 
 
 def _pc_nodes(strides, C=8, k=2, ops=EL_DARTS_OPS):

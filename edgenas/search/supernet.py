@@ -492,9 +492,11 @@ class SearchCell(nn.Module):
         """The per-edge modules in edge order (nodes built from separate edges only)."""
         return [edge for node in self.nodes for edge in node.edges]
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, op_w: torch.Tensor | None,
+    def forward(self, r0: torch.Tensor, r1: torch.Tensor, s1: torch.Tensor, op_w: torch.Tensor | None,
                 edge_w: torch.Tensor | None) -> torch.Tensor:
-        states = [self.pre0(s0), self.pre1(s1)]
+        """``r0``, ``r1``: the two previous states after ReLU, which both preprocessing blocks start
+        with; ``s1``: the previous state itself (for the residual)."""
+        states = [self.pre0.after_relu(r0), self.pre1.after_relu(r1)]
         # each state as the nodes read it, prepared once for all of them (the last node reads every
         # state a node reads, with the same stride as the others)
         read = self.nodes[-1].prepare
@@ -541,10 +543,16 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         op_w = {t: self.method.op_weights(self, t) for t in CELL_TYPES}
         edge_w = {t: self.method.edge_weights(self, t) for t in CELL_TYPES}
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
+        # Each state is read by two cells, both starting with a ReLU: apply it once per state
+        # (one full-width ReLU and its backward fewer per cell: pc_darts' step took 3.36 s instead of
+        # 3.48 s, alternating steps in one process, benchmarks/search_step.py settings, load ~0.9).
+        s1 = self.stem(x)
+        r0 = r1 = s1.relu()
+        for i, cell in enumerate(self.cells):
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, op_w[t], edge_w[t])
+            s1 = cell(r0, r1, s1, op_w[t], edge_w[t])
+            if i + 1 < len(self.cells):
+                r0, r1 = r1, s1.relu()
         return self.classifier(self.pool(s1).flatten(1))
 
     # --- parameter groups ---
