@@ -370,11 +370,12 @@ class BatchedMixedOp(nn.Module):
             relu = type(layers[0]) is nn.ReLU
             bn = layers[-1] if isinstance(layers[-1], nn.BatchNorm2d) and len(layers) > 1 else None
             self.plans.append((relu, layers[int(relu) : len(layers) - (bn is not None)], bn))
+        self.shares_relu = any(relu for relu, _, _ in self.plans)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``x`` (B, n*C, H, W) stacked inputs, ``w`` (n, ops) weights -> (B, n*C, H', W') outputs."""
         cw = w.t()[self.index].repeat_interleave(self.C, dim=1)  # (candidates, n*C): each edge's weights
-        relu_x = x.relu() if any(relu for relu, _, _ in self.plans) else x
+        relu_x = x.relu() if self.shares_relu else x
         heads, plain = [], []  # candidates closing with a BatchNorm (before it), and the others
         for o, (relu, layers, bn) in enumerate(self.plans):
             h = relu_x if relu else x
