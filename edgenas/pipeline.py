@@ -126,7 +126,7 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> Pipeli
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise EdgenasError(f"config file {path} does not exist", "check the path (see configs/demo.toml)")
+            raise EdgenasError(f"config file {path} does not exist", "check the path; edgenas/configs/demo.toml is an example")
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -208,8 +208,13 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
         if saved.get("config") != _json_round(cfg.to_dict()):
             raise EdgenasError(f"{out} was started with another configuration",
                                "resume with the same config and options, or choose another --out")
-    write_json(config_path, CONFIG_FORMAT, VERSION, {"config": cfg.to_dict()})
     state = StageState.read(out / "stages.json")
+    if not {"search", "train", "export"} <= set(state.done):
+        # a missing or broken dataset must stop the run before minutes of profiling, not after
+        from edgenas.data import load_data
+
+        load_data(cfg.data, subset=cfg.search.subset, seed=cfg.seed)
+    write_json(config_path, CONFIG_FORMAT, VERSION, {"config": cfg.to_dict()})
     stages = _Stages(cfg, out, device, quiet, log, stop_after_epochs)
     ran: list[str] = []
     for stage in STAGES:

@@ -162,3 +162,10 @@ def test_the_shipped_demo_config_loads() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {})
     assert cfg.data == "fashion-mnist" and cfg.method == "el_darts"
     assert cfg.train.epochs >= 1 and cfg.search.epochs > cfg.search.warmup_epochs
+
+
+def test_a_missing_dataset_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["run", "--data", f"fashion-mnist:{tmp_path / 'nope'}", "--out", str(out)])
+    assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
+    assert not out.exists()  # no profile measured, nothing half-written
