@@ -156,3 +156,16 @@ def test_device_and_dtype_are_passed_down():
     op = build_op("sep_conv_3x3", 4, 1, device=torch.device("cpu"), dtype=torch.float64)
     assert {p.dtype for p in op.parameters()} == {torch.float64}
     assert op(torch.randn(1, 4, 4, 4, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("hw", [8, 7])
+def test_factorized_reduce_is_two_stride_two_convs_one_shifted(hw):
+    """It runs its 1x1 convolutions at stride 1 on every other pixel: the same as DARTS' stride-2
+    convolutions on the input and on the input shifted by one pixel (padded back on odd sizes)."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 8, affine=False).eval()
+    x = torch.randn(2, 6, hw, hw)
+    a = nn.functional.conv2d(x.relu(), fr.conv_1.weight, stride=2)
+    b = nn.functional.conv2d(x.relu()[:, :, 1:, 1:], fr.conv_2.weight, stride=2)
+    b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
+    assert torch.allclose(fr(x), fr.bn(torch.cat([a, b], 1)), atol=1e-6)

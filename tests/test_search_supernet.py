@@ -15,7 +15,7 @@ from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, Factor
 from edgenas.search import METHODS, make_method
 from edgenas.search.budgets import edge_inputs
 from edgenas.search import supernet
-from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, accelerate, norm_mix
+from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, _colsum, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax
 from edgenas.search.methods.el_darts import edge_entropy
@@ -206,13 +206,14 @@ def test_an_operators_chain_computes_the_operator(name, stride):
     assert torch.equal(y, op(x))
 
 
-def test_norm_mix_is_batchnorms_and_a_weighted_sum():
+@pytest.mark.parametrize("c", [3, 12])
+def test_norm_mix_is_batchnorms_and_a_weighted_sum(c):
     torch.manual_seed(0)
-    bns = [nn.BatchNorm2d(3, affine=False) for _ in range(3)]
+    bns = [nn.BatchNorm2d(c, affine=False) for _ in range(3)]
     ref = copy.deepcopy(bns)
-    xs = [(torch.randn(4, 3, 5, 6) * (o + 1) + o).contiguous(memory_format=CL).requires_grad_() for o in range(3)]
-    a = torch.rand(3, 3, requires_grad=True)
-    g = torch.randn(4, 3, 5, 6)
+    xs = [(torch.randn(4, c, 5, 6) * (o + 1) + o).contiguous(memory_format=CL).requires_grad_() for o in range(3)]
+    a = torch.rand(3, c, requires_grad=True)
+    g = torch.randn(4, c, 5, 6)
     out = norm_mix(xs, bns, a)
     want = weighted_sum([bn(x) for bn, x in zip(ref, xs)], [c.view(1, -1, 1, 1) for c in a])
     assert out.is_contiguous(memory_format=CL) and torch.allclose(out, want, atol=1e-5)
@@ -222,6 +223,12 @@ def test_norm_mix_is_batchnorms_and_a_weighted_sum():
         for p, q in zip(bn.buffers(), r.buffers()):
             assert torch.allclose(p.float(), q.float(), atol=1e-6)
     assert norm_mix([x.contiguous() for x in xs], bns, a) is None  # NCHW: the layers themselves
+
+
+@pytest.mark.parametrize("c", [3, 8, 12, 20])
+def test_column_sums_match_torch_sum_at_every_width(c):
+    x = torch.randn(1000, c, dtype=torch.float64)
+    assert torch.allclose(_colsum(x), x.sum(0))
 
 
 def test_grouping_probe_knows_which_operators_are_blockwise():
@@ -252,7 +259,7 @@ def test_partial_bypass_is_pooled_on_stride_two_even_for_odd_sizes():
     assert part.shape[1] == 2 and sel.bypass(rest).shape == (1, 6, 4, 4)
 
 
-@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8)])
+@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8), (3, 2, 2, 7), (5, 2, 2, 9)])
 @pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
 def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
     torch.manual_seed(0)
@@ -271,17 +278,18 @@ def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("c", [3, 12])  # 12: column sums as a matrix-vector product
 @pytest.mark.parametrize("affine", [False, True])
-def test_fast_batchnorm_matches_the_native_one(affine):
+def test_fast_batchnorm_matches_the_native_one(affine, c):
     torch.manual_seed(0)
-    ref = nn.BatchNorm2d(3, affine=affine)
+    ref = nn.BatchNorm2d(c, affine=affine)
     if affine:
         nn.init.uniform_(ref.weight, 0.5, 1.5)
         nn.init.uniform_(ref.bias, -0.5, 0.5)
     fast = accelerate(nn.Sequential(copy.deepcopy(ref)))
     assert isinstance(fast[0], FastBatchNorm2d)
-    x = (torch.randn(4, 3, 5, 6) * 3 + 1).contiguous(memory_format=CL)
-    g = torch.randn(4, 3, 5, 6)
+    x = (torch.randn(4, c, 5, 6) * 3 + 1).contiguous(memory_format=CL)
+    g = torch.randn(4, c, 5, 6)
     results = []
     for m in (ref, fast):
         xi = x.clone().requires_grad_()
