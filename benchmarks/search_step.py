@@ -1,10 +1,16 @@
 """Seconds per search step, images per second and peak memory of every search method, side by side.
 
 One search step = one architecture step (validation batch) + one weight step (training batch), the
-exact code the search loop runs (:class:`edgenas.search.loop.BilevelStep`). Every method is measured
-in a fresh subprocess at the same settings (default C=16, 8 cells, 4 nodes, batch 64, 32x32 images,
-10 classes, random data, the method's own default space), one after the other, and the table gives
-each method's ratio to ``darts`` from the same run.
+exact code the search loop runs (:class:`edgenas.search.loop.BilevelStep`). Every method runs in its
+own subprocess at the same settings (default C=16, 8 cells, 4 nodes, batch 64, 32x32 images, 10
+classes, random data, the method's own default space).
+
+Steps are interleaved with the reference method's (``darts``): one reference process stays alive,
+and each other method's process, in turn, alternates steps with it (reference, method, method,
+reference, ...). Each ratio is the reference's median over the steps interleaved with that method
+divided by the method's median. On the shared dev VM the speed of the whole machine drifts by ~30 %
+over minutes (the same process stepped at 2.5 s, then 3.3 s); measured one after the other, that
+drift went straight into the ratios, interleaved it cancels.
 
 Memory, two honest CPU measures (on CUDA: ``torch.cuda.max_memory_allocated`` minus what was
 allocated before the first step):
@@ -25,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +64,10 @@ def _saved_bytes(fn: Any) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return total
+
+
+def _reply(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,8 +113,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             f.write("5")
     for _ in range(args.warmup):
         one_step()
+    # the driver now asks for one timed step at a time, interleaving them with another process's
+    _reply({"ready": True})
     times = []
-    for _ in range(args.steps):
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
         if cuda:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
@@ -111,6 +126,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
+        _reply({"t": times[-1]})
     peak = (torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")) - base
 
     def forward_arch() -> None:
@@ -135,6 +151,49 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "arch_params": sum(p.numel() for p in net.arch_parameters())}
 
 
+def _policy(args: argparse.Namespace) -> str:
+    return os.environ.get("OMP_WAIT_POLICY", "unset") if args.omp_wait == "inherit" else args.omp_wait.upper()
+
+
+class Worker:
+    """One method's benchmark process: it builds and warms up, then runs a timed step when asked."""
+
+    def __init__(self, name: str, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, __file__, "--worker", name] + [
+            a for k in ("channels", "layers", "nodes", "batch", "hw", "warmup", "threads", "device", "format")
+            for a in (f"--{k}", str(getattr(args, k)))]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        if args.omp_wait != "inherit":
+            env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+        self.name = name
+        self.err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the worker
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     text=True, cwd=ROOT, env=env)
+        self._read()  # built and warmed up
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.err.seek(0)
+        sys.exit(f"{self.name} failed:\n{self.err.read()}")
+
+    def _send(self, command: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def step(self) -> float:
+        return float(self._send("step")["t"])
+
+    def finish(self) -> dict[str, Any]:
+        row = self._send("done")
+        self.proc.wait()
+        return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="darts,pc_darts,adarts,swd,el_darts,attn_darts")
@@ -149,48 +208,63 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--format", choices=("auto", "channels_last", "contiguous"), default="auto",
                    help="memory format (auto: the search's default for the device)")
-    p.add_argument("--omp-wait", choices=("passive", "active", "inherit"), default="passive",
-                   help="OMP_WAIT_POLICY of the workers: on a CPU shared with other jobs, spinning "
-                        "OpenMP threads made steps up to 10x slower; passive is the honest default there")
+    p.add_argument("--omp-wait", choices=("passive", "active", "inherit"), default="inherit",
+                   help="OMP_WAIT_POLICY of the workers (inherit: this environment's, what `edgenas search` "
+                        "runs with). On a CPU shared with other jobs spinning OpenMP threads made steps up to "
+                        "10x slower: use passive there (on a quiet machine it made every method ~27%% slower)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)))
+        _reply(worker(args))
         return
 
-    rows = []
-    for name in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--worker", name] + [
-            a for k in ("channels", "layers", "nodes", "batch", "hw", "steps", "warmup", "threads", "device", "format")
-            for a in (f"--{k}", str(getattr(args, k)))]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        if args.omp_wait != "inherit":
-            env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
-        if out.returncode:
-            sys.exit(f"{name} failed:\n{out.stderr}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"measured {name}", file=sys.stderr)
-    base = next((r for r in rows if r["method"] == "darts"), rows[0])
+    names = args.methods.split(",")
+    ref_name = "darts" if "darts" in names else names[0]
+    ref = Worker(ref_name, args)
+    rows: dict[str, dict[str, Any]] = {}
+    ref_times: dict[str, list[float]] = {}  # the reference's steps interleaved with each method's
+    for name in names:
+        if name == ref_name:
+            continue
+        other = Worker(name, args)
+        ref_times[name] = []
+        for i in range(args.steps):
+            for w in ((ref, other) if i % 2 == 0 else (other, ref)):  # ABBA: a trend hits both alike
+                t = w.step()
+                if w is ref:
+                    ref_times[name].append(t)
+        rows[name] = other.finish()
+        print(f"measured {name} (interleaved with {ref_name})", file=sys.stderr)
+    if len(names) == 1:
+        for _ in range(args.steps):
+            ref.step()
+    rows[ref_name] = ref.finish()
+    rows = {n: rows[n] for n in names}
+    for name, r in rows.items():
+        r["ref_step_s"] = statistics.median(ref_times[name]) if name in ref_times else r["step_s"]
+        r["x_throughput"] = r["ref_step_s"] / r["step_s"]
+    base = rows[ref_name]
     load = os.getloadavg()
     if args.json:
-        print(json.dumps({"settings": vars(args), "loadavg": load, "rows": rows}, indent=2))
+        print(json.dumps({"settings": vars(args), "loadavg": load, "reference": ref_name,
+                          "rows": list(rows.values())}, indent=2))
         return
+    first = next(iter(rows.values()))
     print(f"search step = 1 architecture step + 1 weight step; C={args.channels}, {args.layers} cells, "
           f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, device {args.device}, "
-          f"threads {rows[0]['threads']} (OMP_WAIT_POLICY {args.omp_wait}), median of {args.steps} steps after "
-          f"{args.warmup} warm-up; "
-          f"ratios to {base['method']}")
-    print(f"{'method':<11}{'ops':>4}{'s/step':>9}{'img/s':>8}{'x thr':>7}{'peak RSS MiB':>14}{'x mem':>7}"
-          f"{'saved MiB':>11}{'x saved':>9}")
-    for r in rows:
-        print(f"{r['method']:<11}{r['ops']:>4}{r['step_s']:>9.3f}{r['images_per_s']:>8.1f}"
-              f"{r['images_per_s'] / base['images_per_s']:>7.2f}{r['peak_bytes'] / 2**20:>14.0f}"
+          f"threads {first['threads']} (OMP_WAIT_POLICY {_policy(args)}), {args.warmup} warm-up steps, then "
+          f"{args.steps} steps interleaved with {ref_name}'s (medians); ratios to {ref_name}")
+    print(f"{'method':<11}{'ops':>4}{'s/step':>9}{'img/s':>8}{ref_name + ' s':>9}{'x thr':>7}{'peak RSS MiB':>14}"
+          f"{'x mem':>7}{'saved MiB':>11}{'x saved':>9}")
+    for r in rows.values():
+        print(f"{r['method']:<11}{r['ops']:>4}{r['step_s']:>9.3f}{r['images_per_s']:>8.1f}{r['ref_step_s']:>9.3f}"
+              f"{r['x_throughput']:>7.2f}{r['peak_bytes'] / 2**20:>14.0f}"
               f"{r['peak_bytes'] / base['peak_bytes']:>7.2f}{r['saved_bytes'] / 2**20:>11.0f}"
               f"{r['saved_bytes'] / base['saved_bytes']:>9.2f}")
-    print(f"load average during the run (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"memory: {rows[0]['peak_kind']} and autograd-saved tensors of one forward (max of the two steps)")
+    print(f"{ref_name} s: {ref_name}'s median over the steps interleaved with that method's; x thr = {ref_name} s / "
+          f"s/step. Load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
+          f"memory: {first['peak_kind']} and autograd-saved tensors of one forward (max of the two steps)")
 
 
 if __name__ == "__main__":
