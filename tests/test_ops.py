@@ -169,3 +169,27 @@ def test_factorized_reduce_is_two_stride_two_convs_one_shifted(hw):
     b = nn.functional.conv2d(x.relu()[:, :, 1:, 1:], fr.conv_2.weight, stride=2)
     b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
     assert torch.allclose(fr(x), fr.bn(torch.cat([a, b], 1)), atol=1e-6)
+
+
+@pytest.mark.parametrize("hw", [8, 7])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_factorized_reduce_gradient_keeps_the_input_layout(hw, fmt):
+    """Its input gradient matches autograd's through the stride-2 formulation and comes back in the
+    input's memory format (a contiguous one on a channels_last input slowed every later elementwise
+    op of the backward)."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 8, affine=False).to(memory_format=fmt)
+    x = torch.randn(2, 6, hw, hw).contiguous(memory_format=fmt).requires_grad_()
+    g = torch.randn(2, 8, (hw + 1) // 2, (hw + 1) // 2)
+    seen = []
+    r = x.relu()  # a non-leaf: a leaf's .grad is always laid out like the leaf
+    r.register_hook(seen.append)
+    (fr.after_relu(r) * g).sum().backward()
+    ours = seen[0]
+    ref = r.detach().requires_grad_()
+    a = nn.functional.conv2d(ref, fr.conv_1.weight, stride=2)
+    b = nn.functional.conv2d(ref[:, :, 1:, 1:], fr.conv_2.weight, stride=2)
+    b = nn.functional.pad(b, (0, a.shape[-1] - b.shape[-1], 0, a.shape[-2] - b.shape[-2]))
+    (fr.bn(torch.cat([a, b], 1)) * g).sum().backward()
+    assert torch.allclose(ours, ref.grad, atol=1e-5)
+    assert ours.is_contiguous(memory_format=fmt)
