@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgenas.files import write_text_atomic
 
@@ -29,10 +30,13 @@ class Figure:
     caption: str
 
 
+Block = str | Table | Figure
+
+
 @dataclass
 class Section:
     title: str
-    blocks: list[str | Table | Figure] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -66,110 +70,113 @@ def _figure(path: Path, caption: str) -> list[Figure]:
     return [Figure(path, caption)] if path.exists() else []
 
 
+T = TypeVar("T")
+
+
+def _stage(title: str, data: T | None, build: Callable[[T], list[Block]]) -> Section:
+    """A stage's section: ``build(data)``, or a placeholder while the stage has written nothing (no
+    file, or an empty one), so every report lists the whole chain."""
+    return Section(title, build(data) if data else ["Not run yet."])
+
+
+def _profile(out: Path, prof: dict[str, Any]) -> list[Block]:
+    env = prof.get("environment", {})
+    rows = sorted(prof.get("entries", []), key=lambda e: e["latency_ms"]["median"])
+    return [f"Device **{env.get('device_name', prof.get('device'))}**, mode {prof.get('mode')}, "
+            f"{prof.get('dtype')}, batch {prof.get('batch')}, torch {env.get('torch')}, "
+            f"{env.get('torch_threads')} threads. Latency is the median over timed runs after a "
+            "stable warm-up (ms per batch).",
+            Table(["op", "C x H x W : stride", "median ms", "p10", "p90", "MMACs", "params"],
+                  [[e["op"], f"{e['C']}x{e['H']}x{e['W']}:{e['stride']}",
+                    _f(e["latency_ms"]["median"], 3), _f(e["latency_ms"]["p10"], 3),
+                    _f(e["latency_ms"]["p90"], 3), _f(e["macs"] / 1e6, 3), e["params"]] for e in rows]),
+            *_figure(out / "figures" / "profile.png", "Latency per operator and shape (EL-DARTS Fig. 1 analogue)")]
+
+
+def _space(space: dict[str, Any]) -> list[Block]:
+    return ["Kept: " + ", ".join(f"`{o}`" for o in space.get("ops", [])) + ".",
+            Table(["dropped", "rule", "why"],
+                  [[d.get("op"), d.get("rule"), d.get("reason")] for d in space.get("dropped", [])])]
+
+
+def _search(out: Path, config: dict[str, Any], hist: list[dict[str, Any]]) -> list[Block]:
+    blocks: list[Block] = [
+        f"Method `{config.get('method')}`, {len(hist)} epoch(s).",
+        Table(["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "seconds", "peak MiB", "expected cost"],
+              [[r["epoch"] + 1, _f(r.get("train_top1")), _f(r.get("val_top1")), r.get("normal_skip_connect"),
+                _f(r.get("seconds"), 1), _f((r.get("peak_memory_bytes") or 0) / 2**20, 0),
+                "; ".join(_expected(k, v["value"]) for k, v in (r.get("penalties") or {}).items()) or "-"]
+               for r in hist])]
+    geno = _read_json(out / "search" / "genotype.json")
+    if geno:
+        blocks.append("Derived genotype: `" + json.dumps({k: geno[k] for k in
+                      ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}) + "`")
+    blocks += _figure(out / "search" / "figures" / "arch_weights.png",
+                      "Operator weights per edge (EL-DARTS Fig. 3 analogue)")
+    blocks += _figure(out / "search" / "figures" / "genotype.png", "Final normal and reduction cells")
+    return blocks
+
+
+def _budget(budget: dict[str, Any]) -> list[Block]:
+    limits = budget.get("limits", {})
+    text = ("Budgets: " + ", ".join(f"{k} <= {_mmacs(v) if k == 'macs' else _f(v, 3) + ' ms'}"
+                                    for k, v in limits.items())
+            + f"; search penalty {budget.get('penalty')} with weight {budget.get('weight')}.")
+    return [text,
+            Table(["genotype", "MACs", "predicted latency ms"],
+                  [[name, _mmacs(budget[name].get("macs")), _f(budget[name].get("latency_ms"), 3)]
+                   for name in ("constrained", "unconstrained")])]
+
+
+def _train(out: Path, thist: list[dict[str, Any]]) -> list[Block]:
+    return [Table(["epoch", "lr", "train loss", "train top-1 %", "test top-1 %", "test top-5 %", "seconds"],
+                  [[r["epoch"] + 1, _f(r.get("lr"), 4), _f(r.get("train_loss"), 3), _f(r.get("train_top1")),
+                    _f(r.get("test_top1")), _f(r.get("test_top5")), _f(r.get("seconds"), 1)] for r in thist]),
+            *_figure(out / "train" / "figures" / "training_curves.png", "Training curves")]
+
+
+def _export(exp: dict[str, Any], budget: dict[str, Any] | None) -> list[Block]:
+    ver = exp.get("verification", {})
+    test = ver.get("test", {})
+    blocks: list[Block] = [
+        f"`model.onnx` (opset {exp.get('onnx', {}).get('opset')}): verification "
+        f"**{'passed' if ver.get('passed') else 'FAILED'}**; test top-1 PyTorch "
+        f"{_f(test.get('torch_top1'))}% vs ONNX Runtime {_f(test.get('ort_top1'))}%; "
+        f"MACs {_mmacs(exp.get('costs', {}).get('macs'))}, params {exp.get('costs', {}).get('params')}.",
+        Table(["runtime", "model", "provider", "batch", "median ms", "p10", "p90", "n"],
+              [[t.get("runtime"), t.get("model"), (t.get("provider") or t.get("device") or "")
+                .removesuffix("ExecutionProvider"), t.get("batch"),
+                *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
+               for t in exp.get("timing", [])])]
+    unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
+    if unavailable:
+        blocks.append("Unavailable providers: " + "; ".join(
+            f"{p.get('name')}: {p.get('reason')}" for p in unavailable) + ".")
+    if budget:
+        macs = exp.get("costs", {}).get("macs")
+        lim = budget.get("limits", {}).get("macs")
+        if lim is not None and macs is not None:
+            blocks.append(f"Budget check of the exported network: {_mmacs(macs)} MACs "
+                          f"{'<=' if macs <= lim else '>'} budget {_mmacs(lim)} "
+                          f"({'met' if macs <= lim else 'NOT met'}).")
+    return blocks
+
+
 def sections(out: Path, config: dict[str, Any]) -> list[Section]:
     """Everything the run produced that a person wants to see, in chain order."""
     out = Path(out)
-    secs: list[Section] = []
-
-    prof = _read_json(out / "profile.json")
-    s = Section("1. Profile")
-    if prof:
-        env = prof.get("environment", {})
-        s.blocks.append(f"Device **{env.get('device_name', prof.get('device'))}**, mode {prof.get('mode')}, "
-                        f"{prof.get('dtype')}, batch {prof.get('batch')}, torch {env.get('torch')}, "
-                        f"{env.get('torch_threads')} threads. Latency is the median over timed runs after a "
-                        "stable warm-up (ms per batch).")
-        rows = sorted(prof.get("entries", []), key=lambda e: e["latency_ms"]["median"])
-        s.blocks.append(Table(["op", "C x H x W : stride", "median ms", "p10", "p90", "MMACs", "params"],
-                              [[e["op"], f"{e['C']}x{e['H']}x{e['W']}:{e['stride']}",
-                                _f(e["latency_ms"]["median"], 3), _f(e["latency_ms"]["p10"], 3),
-                                _f(e["latency_ms"]["p90"], 3), _f(e["macs"] / 1e6, 3), e["params"]] for e in rows]))
-        s.blocks += _figure(out / "figures" / "profile.png", "Latency per operator and shape (EL-DARTS Fig. 1 analogue)")
-    else:
-        s.blocks.append("Not run yet.")
-    secs.append(s)
-
-    space = _read_json(out / "space.json")
-    s = Section("2. Pruned search space")
-    if space:
-        s.blocks.append("Kept: " + ", ".join(f"`{o}`" for o in space.get("ops", [])) + ".")
-        s.blocks.append(Table(["dropped", "rule", "why"],
-                              [[d.get("op"), d.get("rule"), d.get("reason")] for d in space.get("dropped", [])]))
-    else:
-        s.blocks.append("Not run yet.")
-    secs.append(s)
-
-    hist = _read_jsonl(out / "search" / "history.jsonl")
-    s = Section("3. Search")
-    if hist:
-        s.blocks.append(f"Method `{config.get('method')}`, {len(hist)} epoch(s).")
-        s.blocks.append(Table(
-            ["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "seconds", "peak MiB", "expected cost"],
-            [[r["epoch"] + 1, _f(r.get("train_top1")), _f(r.get("val_top1")), r.get("normal_skip_connect"),
-              _f(r.get("seconds"), 1), _f((r.get("peak_memory_bytes") or 0) / 2**20, 0),
-              "; ".join(_expected(k, v["value"]) for k, v in (r.get("penalties") or {}).items()) or "-"]
-             for r in hist]))
-        geno = _read_json(out / "search" / "genotype.json")
-        if geno:
-            s.blocks.append("Derived genotype: `" + json.dumps({k: geno[k] for k in
-                            ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}) + "`")
-        s.blocks += _figure(out / "search" / "figures" / "arch_weights.png", "Operator weights per edge (EL-DARTS Fig. 3 analogue)")
-        s.blocks += _figure(out / "search" / "figures" / "genotype.png", "Final normal and reduction cells")
-    else:
-        s.blocks.append("Not run yet.")
-    secs.append(s)
-
     budget = _read_json(out / "budget.json")
-    if budget:
-        s = Section("3b. Budget check")
-        limits = budget.get("limits", {})
-        s.blocks.append("Budgets: " + ", ".join(
-            f"{k} <= {_mmacs(v) if k == 'macs' else _f(v, 3) + ' ms'}" for k, v in limits.items())
-            + f"; search penalty {budget.get('penalty')} with weight {budget.get('weight')}.")
-        s.blocks.append(Table(["genotype", "MACs", "predicted latency ms"],
-                              [[name, _mmacs(budget[name].get("macs")), _f(budget[name].get("latency_ms"), 3)]
-                               for name in ("constrained", "unconstrained")]))
-        secs.append(s)
-
-    thist = _read_jsonl(out / "train" / "history.jsonl")
-    s = Section("4. Retraining")
-    if thist:
-        s.blocks.append(Table(["epoch", "lr", "train loss", "train top-1 %", "test top-1 %", "test top-5 %", "seconds"],
-                              [[r["epoch"] + 1, _f(r.get("lr"), 4), _f(r.get("train_loss"), 3), _f(r.get("train_top1")),
-                                _f(r.get("test_top1")), _f(r.get("test_top5")), _f(r.get("seconds"), 1)] for r in thist]))
-        s.blocks += _figure(out / "train" / "figures" / "training_curves.png", "Training curves")
-    else:
-        s.blocks.append("Not run yet.")
-    secs.append(s)
-
-    exp = _read_json(out / "export" / "report.json")
-    s = Section("5. Export")
-    if exp:
-        ver = exp.get("verification", {})
-        test = ver.get("test", {})
-        s.blocks.append(f"`model.onnx` (opset {exp.get('onnx', {}).get('opset')}): verification "
-                        f"**{'passed' if ver.get('passed') else 'FAILED'}**; test top-1 PyTorch "
-                        f"{_f(test.get('torch_top1'))}% vs ONNX Runtime {_f(test.get('ort_top1'))}%; "
-                        f"MACs {_mmacs(exp.get('costs', {}).get('macs'))}, params {exp.get('costs', {}).get('params')}.")
-        s.blocks.append(Table(["runtime", "model", "provider", "batch", "median ms", "p10", "p90", "n"],
-                              [[t.get("runtime"), t.get("model"), (t.get("provider") or t.get("device") or "")
-                                .removesuffix("ExecutionProvider"), t.get("batch"),
-                                *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
-                               for t in exp.get("timing", [])]))
-        unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
-        if unavailable:
-            s.blocks.append("Unavailable providers: " + "; ".join(
-                f"{p.get('name')}: {p.get('reason')}" for p in unavailable) + ".")
-        if budget:
-            macs = exp.get("costs", {}).get("macs")
-            lim = budget.get("limits", {}).get("macs")
-            if lim is not None and macs is not None:
-                s.blocks.append(f"Budget check of the exported network: {_mmacs(macs)} MACs "
-                                f"{'<=' if macs <= lim else '>'} budget {_mmacs(lim)} "
-                                f"({'met' if macs <= lim else 'NOT met'}).")
-    else:
-        s.blocks.append("Not run yet.")
-    secs.append(s)
+    secs = [
+        _stage("1. Profile", _read_json(out / "profile.json"), lambda prof: _profile(out, prof)),
+        _stage("2. Pruned search space", _read_json(out / "space.json"), _space),
+        _stage("3. Search", _read_jsonl(out / "search" / "history.jsonl"), lambda hist: _search(out, config, hist)),
+    ]
+    if budget:  # only a budgeted run has this section: no placeholder for it
+        secs.append(Section("3b. Budget check", _budget(budget)))
+    secs += [
+        _stage("4. Retraining", _read_jsonl(out / "train" / "history.jsonl"), lambda thist: _train(out, thist)),
+        _stage("5. Export", _read_json(out / "export" / "report.json"), lambda exp: _export(exp, budget)),
+    ]
     return secs
 
 

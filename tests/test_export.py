@@ -20,7 +20,6 @@ from edgenas.export import (
     VERSION,
     ExportSettings,
     OrtModel,
-    _remove_identities,
     calibration_batches,
     export_network,
     load_export_data,
@@ -31,6 +30,7 @@ from edgenas.export import (
     read_metadata,
     run_export,
 )
+from edgenas.export.onnx_export import _remove_identities
 from edgenas.files import read_json
 from edgenas.genotypes import get_genotype
 
@@ -239,7 +239,8 @@ def test_dynamo_exporter_at_opset_18(tiny_train_run: Path, tmp_path: Path) -> No
 
 
 def test_mobile_verdict_for_imagenet_networks() -> None:
-    from edgenas.export import TrainedNet, _costs
+    from edgenas.export import TrainedNet
+    from edgenas.export.run import _costs
     from edgenas.nets import build_network, default_config
 
     cfg = default_config("imagenet-mobile", C=4, layers=3, input_hw=(32, 32), num_classes=5)

@@ -1,0 +1,202 @@
+"""The whole export: export, verify, time, (quantise,) report.
+
+Nothing half-written: every file is produced in a staging folder inside the output folder and moved
+into place only after every check passed; a failed check leaves the output folder as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from edgenas.device import device_slug, environment
+from edgenas.errors import EdgenasError
+from edgenas.export.onnx_export import export_onnx
+from edgenas.export.quantize import _quantize
+from edgenas.export.report import ExportReport, render_markdown
+from edgenas.export.runtime import OrtModel, physical_cores, probe_providers, reference_session, timing_sessions
+from edgenas.export.settings import (
+    FORMAT,
+    INT8_FILE,
+    MODEL_FILE,
+    REPORT_JSON,
+    REPORT_MD,
+    VERSION,
+    ExportSettings,
+)
+from edgenas.export.timing import Timing, time_ort, time_torch
+from edgenas.export.trained import TrainedNet, load_export_data, load_trained
+from edgenas.export.verify import check_parity, raise_if_failed
+from edgenas.files import write_json, write_text_atomic
+from edgenas.nets import AUX_PREFIX
+
+if TYPE_CHECKING:
+    from edgenas.data import DataBundle
+    from edgenas.profiling import Profile
+
+MOBILE_MACS = 600_000_000
+MOBILE_HW = (224, 224)
+
+
+def _costs(net: TrainedNet) -> dict[str, Any]:
+    from edgenas.costs import count_macs, measure_costs
+
+    report = measure_costs(net.model, net.cfg.input_shape, exclude_params=(AUX_PREFIX,)).to_dict()
+    report["mobile"] = None
+    if net.cfg.imagenet:
+        macs = report["macs"] if tuple(net.cfg.input_hw) == MOBILE_HW else count_macs(
+            net.model, (net.cfg.in_channels, *MOBILE_HW))
+        report["mobile"] = {"macs_224": macs, "limit": MOBILE_MACS, "passes": macs < MOBILE_MACS}
+    return report
+
+
+def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: list[Timing],
+                device: torch.device) -> tuple[dict[str, Any], list[str]]:
+    from edgenas.costs import predict_latency
+
+    pred = predict_latency(net.genotype, net.cfg, profile)
+    eager = next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch), None)
+    measured = eager.stats.median if eager else None
+    notes = []
+    if profile.device != device_slug(device):
+        notes.append(f"profile {profile_path} was measured on {profile.device}, this export ran on "
+                     f"{device_slug(device)}: the comparison is across devices")
+    if profile.mode != "forward":
+        notes.append(f"profile {profile_path} timed {profile.mode} passes; inference is a forward pass")
+    rel = (pred.total_ms - measured) / measured if pred.total_ms is not None and measured else None
+    return {"profile": profile_path, "device": profile.device, "batch": profile.batch, "mode": profile.mode,
+            "dtype": profile.dtype, "predicted_ms": pred.total_ms, "found_ms": pred.found_ms,
+            "measured_ms": measured, "measured_by": f"pytorch-eager on {device}, batch {profile.batch}",
+            "relative_error": rel, "missing": len(pred.missing), "covers": pred.covers}, notes
+
+
+def _staging(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    except OSError as e:
+        raise EdgenasError(f"cannot write the output folder {out}: {e.strerror or e}",
+                           "choose a writable --out folder") from None
+
+
+def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
+    """Move the checked artefacts into ``out``; the reports go last, so a report always describes
+    the models beside it, and a stale int8 model of an earlier export does not linger."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for stale in (REPORT_JSON, REPORT_MD, INT8_FILE):
+        (out / stale).unlink(missing_ok=True)
+    for name in names:
+        os.chmod(staging / name, 0o666 & ~umask)  # temp files are created private; artefacts are not
+        os.replace(staging / name, out / name)
+
+
+def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, settings: ExportSettings, *,
+                   device: torch.device = torch.device("cpu"), profile: Profile | None = None,
+                   profile_path: str = "", log: Callable[[str], None] = lambda _msg: None) -> ExportReport:
+    """Export, verify, time (and optionally quantise) ``net``; write the report into ``out``.
+
+    Raises :class:`VerificationError` (nothing written to ``out``) when a check fails.
+    """
+    out = Path(out)
+    statuses = probe_providers(settings.provider_keys, device)  # fail fast on an explicit provider
+    staging = _staging(out)
+    threads = settings.threads or physical_cores()
+    warns: list[str] = []
+    try:
+        model = copy.deepcopy(net.model).to(device=device, dtype=torch.float32).eval()
+        fp32 = staging / MODEL_FILE
+        log(f"exporting to ONNX (opset {settings.opset}, {settings.exporter} exporter)")
+        info = export_onnx(net, fp32, settings)
+        reference = reference_session(fp32, threads)
+        log(f"verifying on random inputs and {len(bundle.test)} test images")
+        parity, acc = check_parity(model, reference, net, settings, device, bundle.test)
+        raise_if_failed(parity, acc)
+        del reference
+        runners, final_status = timing_sessions(fp32, statuses, settings, device, threads)
+
+        batches = sorted({1, settings.batch})
+        load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+        notes = [f"onnxruntime CPU: intra_op_num_threads={threads} (physical cores: {physical_cores()}), "
+                 f"inter_op_num_threads=1, sequential execution, graph optimisation ORT_ENABLE_ALL; "
+                 f"PyTorch: {torch.get_num_threads()} intra-op threads"]
+        timings: list[Timing] = []
+        shape = net.cfg.input_shape
+
+        def time_all(kind: str, rs: Sequence[OrtModel]) -> None:
+            for r in rs:
+                for b in batches:
+                    if r.fixed_batch is not None and r.fixed_batch != b:
+                        notes.append(f"{kind} model has a fixed batch of {r.fixed_batch}: batch {b} not timed "
+                                     "(export with --dynamic-batch to time every batch size)")
+                        continue
+                    log(f"timing onnxruntime {kind} on {r.status.key} at batch {b}")
+                    timings.append(time_ort(r, kind, b, shape, settings, threads))
+
+        time_all("fp32", runners)
+        for b in batches:
+            log(f"timing PyTorch eager on {device} at batch {b}")
+            timings.append(time_torch(model, device, b, shape, settings))
+
+        prediction = None
+        if profile is not None:
+            if profile.batch not in batches:
+                timings.append(time_torch(model, device, profile.batch, shape, settings))
+            prediction, pnotes = _prediction(net, profile, profile_path, timings, device)
+            warns += pnotes
+
+        names = [MODEL_FILE]
+        int8 = None
+        if settings.quantize == "int8":
+            log(f"quantising to int8 (static QDQ, {settings.calibration} calibration images)")
+            int8 = _quantize(net, bundle, staging, statuses, settings, device, threads, acc, time_all)
+            names.append(INT8_FILE)
+            if int8["warning"]:
+                warns.append(int8["warning"])
+        files = {n: (staging / n).stat().st_size for n in names}
+        if int8 is not None:
+            int8["bytes"] = files[INT8_FILE]
+            int8["size_ratio"] = files[INT8_FILE] / files[MODEL_FILE]
+        report = ExportReport(
+            name=net.name, out=out, source=net.source,
+            network={"genotype": net.genotype.to_dict(), "genotype_name": net.source.get("genotype_name"),
+                     "config": net.cfg.to_dict(), "classes": list(net.classes or ()), "mean": list(net.mean),
+                     "std": list(net.std), "data": str(bundle.spec)},
+            onnx=info, files=files, costs=_costs(net), parity=parity, accuracy=acc, providers=final_status,
+            timings=timings, timing_notes=notes, prediction=prediction, int8=int8,
+            environment={**environment(device), "load_average_before_timing": load_before},
+            settings=settings, warnings=warns)
+        doc = report.to_dict()
+        write_json(staging / REPORT_JSON, FORMAT, VERSION, doc)
+        write_text_atomic(staging / REPORT_MD, render_markdown(doc))
+        _publish(staging, out, [*names, REPORT_JSON, REPORT_MD])
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def default_out(net: TrainedNet) -> Path:
+    return Path("exports") / net.name
+
+
+def run_export(source: str | Path, *, data: str | None, out: str | Path | None, settings: ExportSettings,
+               device: torch.device, profile: str | Path | None = None,
+               log: Callable[[str], None] = lambda _msg: None) -> ExportReport:
+    """The ``edgenas export`` command: load the checkpoint, the data and the profile, then export."""
+    from edgenas.profiling import Profile
+
+    prof = Profile.load(profile) if profile is not None else None
+    net = load_trained(source)
+    bundle = load_export_data(net, data, settings)
+    if not net.classes:
+        net = replace(net, classes=tuple(bundle.classes))
+    return export_network(net, bundle, Path(out) if out is not None else default_out(net), settings,
+                          device=device, profile=prof, profile_path=str(profile or ""), log=log)

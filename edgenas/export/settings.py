@@ -1,0 +1,92 @@
+"""Export settings (the CLI's options, validated once) and the names the export's files and graph use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgenas.errors import EdgenasError
+
+FORMAT = "edgenas.export"
+VERSION = 1
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FP32_ATOL = 1e-4
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+EXPORTERS = ("torchscript", "dynamo")
+# Preference order for "auto": the fastest runtime first; CPU is always there.
+PROVIDERS: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+QUANTIZE_MODES = ("int8",)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """How to export, check and time (the CLI's options, validated once)."""
+
+    opset: int = 17
+    batch: int = 1
+    dynamic_batch: bool = False
+    providers: str = "auto"          # auto | comma list of tensorrt, cuda, cpu
+    exporter: str = "torchscript"    # torchscript | dynamo
+    quantize: str | None = None      # None | int8
+    calibration: int = 256           # training images for int8 calibration
+    atol: float = FP32_ATOL
+    random_batches: int = 8
+    eval_batch: int = 100            # PyTorch batch over the test set
+    test_subset: int | None = None   # class-balanced test images (None: the whole test set)
+    threads: int = 0                 # ORT intra-op threads; 0 = physical cores
+    runs: int = 50                   # timed runs per configuration
+    max_warmup: int = 30             # warm-up runs at most (fewer once times settle)
+    max_seconds: float = 10.0        # cap on the timed phase per configuration
+
+    def __post_init__(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise EdgenasError(f"unknown exporter {self.exporter!r}", f"use one of {', '.join(EXPORTERS)}")
+        lo, hi = opset_range(self.exporter)
+        if not lo <= self.opset <= hi:
+            raise EdgenasError(f"opset {self.opset} is outside what the {self.exporter} exporter writes "
+                               f"({lo}..{hi})", f"use --opset between {lo} and {hi}")
+        checks = [("batch", self.batch >= 1), ("calibration", self.calibration >= 1), ("runs", self.runs >= 1),
+                  ("max warmup", self.max_warmup >= 1), ("threads", self.threads >= 0), ("atol", self.atol > 0),
+                  ("eval batch", self.eval_batch >= 1), ("random batches", self.random_batches >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise EdgenasError(f"{name} {getattr(self, name.replace(' ', '_'))} is out of range",
+                                   f"give a positive --{name.replace(' ', '-')}")
+        if self.test_subset is not None and self.test_subset < 1:
+            raise EdgenasError(f"test subset {self.test_subset} is not positive", "give --test-subset 1 or more")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise EdgenasError(f"unknown quantisation {self.quantize!r}", f"use --quantize {'|'.join(QUANTIZE_MODES)}")
+        parse_providers(self.providers)
+
+    @property
+    def provider_keys(self) -> tuple[str, ...] | None:
+        """The providers asked for by name, or ``None`` for ``auto``."""
+        return parse_providers(self.providers)
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """Opsets the chosen exporter writes (and ONNX Runtime runs)."""
+    from torch.onnx import _constants
+
+    if exporter == "dynamo":
+        return 18, getattr(_constants, "ONNX_MAX_OPSET", 23)
+    return 11, getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+
+
+def parse_providers(text: str) -> tuple[str, ...] | None:
+    """``auto`` -> None; ``cuda,cpu`` -> ('cuda', 'cpu'), in the order given."""
+    keys = [k.strip().lower() for k in text.split(",") if k.strip()]
+    if not keys or keys == ["auto"]:
+        return None
+    unknown = [k for k in keys if k not in PROVIDERS]
+    if unknown:
+        raise EdgenasError(f"unknown execution provider {unknown[0]!r}",
+                           f"use auto or a comma list of {', '.join(PROVIDERS)}")
+    return tuple(dict.fromkeys(keys))
