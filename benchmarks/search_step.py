@@ -73,7 +73,7 @@ def _reply(obj: dict[str, Any]) -> None:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from edgenas.device import resolve_device
+    from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
     from edgenas.search import make_method
     from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
     from edgenas.search.supernet import Supernet, SupernetConfig
@@ -81,6 +81,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
     torch.manual_seed(0)
     method = make_method(args.worker)
     ops = method.resolve_space(None).ops
@@ -146,7 +148,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     return {"method": args.worker, "ops": len(ops), "channels_last": cl, "step_s": t,
             "step_s_all": [round(v, 4) for v in times], "images_per_s": 2 * args.batch / t,
             "peak_bytes": peak, "peak_kind": "cuda-max-allocated" if cuda else "cpu-peak-rss-delta",
-            "saved_bytes": saved, "threads": torch.get_num_threads(),
+            "saved_bytes": saved, "threads": torch.get_num_threads(), "allocator": cpu_allocator(),
             "params": sum(p.numel() for p in net.weight_parameters()),
             "arch_params": sum(p.numel() for p in net.arch_parameters())}
 
@@ -253,7 +255,8 @@ def main() -> None:
     first = next(iter(rows.values()))
     print(f"search step = 1 architecture step + 1 weight step; C={args.channels}, {args.layers} cells, "
           f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, device {args.device}, "
-          f"threads {first['threads']} (OMP_WAIT_POLICY {_policy(args)}), {args.warmup} warm-up steps, then "
+          f"threads {first['threads']} (OMP_WAIT_POLICY {_policy(args)}), CPU allocator {first['allocator']}, "
+          f"{args.warmup} warm-up steps, then "
           f"{args.steps} steps interleaved with {ref_name}'s (medians); ratios to {ref_name}")
     print(f"{'method':<11}{'ops':>4}{'s/step':>9}{'img/s':>8}{ref_name + ' s':>9}{'x thr':>7}{'peak RSS MiB':>14}"
           f"{'x mem':>7}{'saved MiB':>11}{'x saved':>9}")

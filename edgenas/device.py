@@ -258,7 +258,8 @@ def keep_cpu_memory() -> str:
     batch 32: 1.8-12 ms across runs, 1.23 ms with memory kept). Raising the mmap threshold to its
     maximum (32 MiB) and the trim threshold to 1 GiB keeps freed memory in the heap for reuse, as
     a caching allocator (jemalloc/tcmalloc, ORT's arena, CUDA's cache) would. The setting lasts for
-    the process. Returns a description for environment records (or why nothing was done).
+    the process; profiling and every CPU search or training run (:func:`edgenas.runs.run_epochs`)
+    make it. Returns a description for environment records (or why nothing was done).
     """
     global _allocator_state
     if _allocator_state is not None:

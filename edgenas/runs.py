@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.device import keep_cpu_memory
 from edgenas.errors import EdgenasError
 from edgenas.files import atomic_path, read_json, write_json, write_text_atomic
 
@@ -517,6 +518,10 @@ def run_epochs(
     Only rank 0 writes files; all ranks run the same epochs.
     """
     what = f"{kind} run"
+    if device.type == "cpu":
+        # Reuse freed activations instead of page-faulting them in afresh every step: a pc_darts
+        # search step took 5-6 % less time (21 K -> 1 K page faults per step), darts' the same.
+        keep_cpu_memory()
     start, best_record = 0, None
     history = History(run.history)
     run.check(resume=resume, what=what)

@@ -134,3 +134,11 @@ def test_run_epochs_refuses_overwrite_and_missing_resume(tmp_path):
         _tiny_loop(tmp_path / "a", epochs=1)
     with pytest.raises(EdgenasError, match="cannot resume"):
         _tiny_loop(tmp_path / "new", epochs=1, resume=True)
+
+
+def test_cpu_runs_keep_freed_memory_in_the_heap(tmp_path, monkeypatch):
+    """Search and training on the CPU reuse freed activations (see device.keep_cpu_memory)."""
+    calls = []
+    monkeypatch.setattr("edgenas.runs.keep_cpu_memory", lambda: calls.append(1) or "kept")
+    _tiny_loop(tmp_path / "a", epochs=1)
+    assert calls == [1]
