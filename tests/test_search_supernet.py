@@ -206,14 +206,16 @@ def test_an_operators_chain_computes_the_operator(name, stride):
     assert torch.equal(y, op(x))
 
 
-@pytest.mark.parametrize("c", [3, 12])
-def test_norm_mix_is_batchnorms_and_a_weighted_sum(c):
+@pytest.mark.parametrize("c", [3, 12, 20])
+@pytest.mark.parametrize("bhw", [(4, 5, 6), (1, 3, 3)])
+def test_norm_mix_is_batchnorms_and_a_weighted_sum(c, bhw):
     torch.manual_seed(0)
+    b, h, w = bhw
     bns = [nn.BatchNorm2d(c, affine=False) for _ in range(3)]
     ref = copy.deepcopy(bns)
-    xs = [(torch.randn(4, c, 5, 6) * (o + 1) + o).contiguous(memory_format=CL).requires_grad_() for o in range(3)]
+    xs = [(torch.randn(b, c, h, w) * (o + 1) + o).contiguous(memory_format=CL).requires_grad_() for o in range(3)]
     a = torch.rand(3, c, requires_grad=True)
-    g = torch.randn(4, c, 5, 6)
+    g = torch.randn(b, c, h, w)
     out = norm_mix(xs, bns, a)
     want = weighted_sum([bn(x) for bn, x in zip(ref, xs)], [c.view(1, -1, 1, 1) for c in a])
     assert out.is_contiguous(memory_format=CL) and torch.allclose(out, want, atol=1e-5)
@@ -278,9 +280,10 @@ def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("c", [3, 12])  # 12: column sums as a matrix-vector product
+@pytest.mark.parametrize("c", [3, 12, 20])
+@pytest.mark.parametrize("bhw", [(4, 5, 6), (1, 3, 3)])
 @pytest.mark.parametrize("affine", [False, True])
-def test_fast_batchnorm_matches_the_native_one(affine, c):
+def test_fast_batchnorm_matches_the_native_one(affine, c, bhw):
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(c, affine=affine)
     if affine:
@@ -288,8 +291,8 @@ def test_fast_batchnorm_matches_the_native_one(affine, c):
         nn.init.uniform_(ref.bias, -0.5, 0.5)
     fast = accelerate(nn.Sequential(copy.deepcopy(ref)))
     assert isinstance(fast[0], FastBatchNorm2d)
-    x = (torch.randn(4, c, 5, 6) * 3 + 1).contiguous(memory_format=CL)
-    g = torch.randn(4, c, 5, 6)
+    x = (torch.randn(bhw[0], c, *bhw[1:]) * 3 + 1).contiguous(memory_format=CL)
+    g = torch.randn(bhw[0], c, *bhw[1:])
     results = []
     for m in (ref, fast):
         xi = x.clone().requires_grad_()
