@@ -261,7 +261,7 @@ def test_partial_bypass_is_pooled_on_stride_two_even_for_odd_sizes():
     assert part.shape[1] == 2 and sel.bypass(rest).shape == (1, 6, 4, 4)
 
 
-@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8), (3, 2, 2, 7), (5, 2, 2, 9)])
+@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8), (3, 2, 2, 7), (5, 2, 2, 9), (3, 2, 1, 1), (5, 3, 1, 5)])
 @pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
 def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
     torch.manual_seed(0)
