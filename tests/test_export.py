@@ -17,6 +17,7 @@ from edgenas.export import (
     FORMAT,
     INPUT_NAME,
     OUTPUT_NAME,
+    REPORT_MD,
     VERSION,
     ExportSettings,
     OrtModel,
@@ -272,6 +273,22 @@ def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: P
     assert p["measured_ms"] == eager["stats"]["median"]
     assert p["relative_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"])
     assert any("cpu-elsewhere" in w for w in doc["warnings"])
+
+
+def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_run: Path, tmp_path: Path) -> None:
+    from edgenas.device import TimingStats
+    from edgenas.nets import cell_shapes
+    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+
+    net = load_trained(tiny_train_run)
+    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
+    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys[1:]]
+    path = Profile("cpu", 1, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+               settings=ExportSettings(providers="cpu", **FAST))
+    text = (tmp_path / "o" / REPORT_MD).read_text()
+    assert "no prediction: 1 of this network's operator shape(s) are not in it" in text
+    assert "predicted -" not in text
 
 
 @pytest.mark.parametrize("for_tensorrt,zero_point_type",

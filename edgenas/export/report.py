@@ -132,13 +132,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"- note: {n}" for n in report["timing_notes"]]
     if report["prediction"]:
         p = report["prediction"]
-        lines += ["", "## Latency predicted by the profile", "",
-                  f"Profile {p['profile']} ({p['device']}, batch {p['batch']}, {p['mode']}): predicted "
-                  f"{_ms(p['predicted_ms'])} ms vs measured {_ms(p['measured_ms'])} ms ({p['measured_by']}); "
-                  f"relative error {'-' if p['relative_error'] is None else format(p['relative_error'], '+.1%')}. "
-                  f"{p['covers']}"]
-        if p["missing"]:
-            lines.append(f"Missing from the profile: {p['missing']} operator shape(s).")
+        head = f"Profile {p['profile']} ({p['device']}, batch {p['batch']}, {p['mode']}): "
+        if p["predicted_ms"] is None:  # a missing shape is never taken as zero
+            head += (f"no prediction: {p['missing']} of this network's operator shape(s) are not in it (the "
+                     f"shapes it has sum to {_ms(p['found_ms'])} ms; measure the others with `edgenas profile "
+                     f"--shapes`); measured {_ms(p['measured_ms'])} ms ({p['measured_by']}). ")
+        else:
+            head += (f"predicted {_ms(p['predicted_ms'])} ms vs measured {_ms(p['measured_ms'])} ms "
+                     f"({p['measured_by']}); relative error "
+                     f"{'-' if p['relative_error'] is None else format(p['relative_error'], '+.1%')}. ")
+        lines += ["", "## Latency predicted by the profile", "", head + p["covers"]]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "## Genotype", "", "```json", json.dumps(net["genotype"]), "```", ""]
@@ -176,7 +179,8 @@ def console_tables(doc: dict[str, Any]) -> list[Any]:
         p = doc["prediction"]
         err = "-" if p["relative_error"] is None else f"{p['relative_error']:+.1%}"
         summary.add_row("profile prediction", f"{_ms(p['predicted_ms'])} ms vs measured {_ms(p['measured_ms'])} ms "
-                        f"(batch {p['batch']}): error {err}")
+                        f"(batch {p['batch']}): error {err}" if p["predicted_ms"] is not None else
+                        f"none: {p['missing']} operator shape(s) not in the profile")
     for p in doc["providers"]:
         if not p["usable"]:
             summary.add_row(f"{p['key']} provider", f"unavailable: {p['reason']}")
