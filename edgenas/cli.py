@@ -604,6 +604,8 @@ def export_cmd(
     exporter: str = typer.Option("torchscript", "--exporter", help="torchscript (opset 11-20) | dynamo (opset 18+)."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile whose look-up table predicts the "
                                            "latency, shown beside the measured one."),
+    profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure the network's operator "
+                                         "shapes the --profile lacks (on the profiled device) to predict."),
     quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model_int8.onnx "
                                            "(ONNX Runtime static QDQ quantisation)."),
     calibration: int = typer.Option(256, "--calibration", min=1, help="Training images to calibrate int8 on."),
@@ -622,7 +624,11 @@ def export_cmd(
 
     settings = ExportSettings(opset=opset, batch=batch, dynamic_batch=dynamic_batch, providers=providers,
                               exporter=exporter, quantize=quantize, calibration=calibration,
-                              test_subset=test_subset, runs=runs, max_warmup=warmup, threads=threads)
+                              test_subset=test_subset, runs=runs, max_warmup=warmup, threads=threads,
+                              profile_missing=profile_missing)
+    if profile_missing and profile is None:
+        raise EdgenasError("--profile-missing completes a profile, but no --profile was given",
+                           "add --profile profiles/<device>.json")
     dev = resolve_device(device)
     con = out_console(json_out, quiet)
     report = run_export(source, data=data, out=out, settings=settings, device=dev, profile=profile,

@@ -324,7 +324,8 @@ class _Stages:
     def export(self) -> bool:
         from edgenas.export import run_export
 
-        run_export(self.out / "train", data=self.cfg.data, out=self.out / "export", settings=self.cfg.export,
+        settings = dataclasses.replace(self.cfg.export, profile_missing=True)  # measured where it profiled
+        run_export(self.out / "train", data=self.cfg.data, out=self.out / "export", settings=settings,
                    device=self.device, profile=self.profile_path, log=self.log)
         return True
 

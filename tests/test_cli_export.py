@@ -136,3 +136,21 @@ def test_failed_check_exits_1_and_keeps_the_previous_export(tiny_train_run: Path
     code, _, err = invoke(tiny_train_run, "--out", out, "--providers", "cpu", *FAST)
     assert_refused(code, err, "ONNX Runtime disagrees with PyTorch", "threshold 0.0001", exit_code=1)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_profile_missing_without_a_profile(tiny_train_run: Path, tmp_path: Path) -> None:
+    code, _, err = invoke(tiny_train_run, "--out", tmp_path / "o", "--profile-missing", *FAST)
+    assert_refused(code, err, "--profile-missing", "--profile")
+    assert not (tmp_path / "o").exists()
+
+
+def test_profile_missing_with_a_profile_of_another_device(tiny_train_run: Path, tmp_path: Path) -> None:
+    from edgenas.device import TimingStats
+    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+
+    entry = ProfileEntry(ShapeKey("skip_connect", 4, 8, 8, 1), TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0,
+                         "none", 0, 0)
+    path = Profile("cpu-elsewhere", 1, "fp32", "forward", {}, [entry]).save(tmp_path / "p.json")
+    code, _, err = invoke(tiny_train_run, "--out", tmp_path / "o", "--profile", path, "--profile-missing", *FAST)
+    assert_refused(code, err, "cpu-elsewhere")
+    assert not (tmp_path / "o").exists()

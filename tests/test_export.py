@@ -291,6 +291,23 @@ def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_ru
     assert "predicted -" not in text
 
 
+def test_profile_missing_measures_the_shapes_the_profile_lacks(tiny_train_run: Path, tmp_path: Path) -> None:
+    from edgenas.device import TimingStats, device_slug
+    from edgenas.nets import cell_shapes
+    from edgenas.profiling import Profile, ProfileEntry, ProfileSettings, ShapeKey
+
+    net = load_trained(tiny_train_run)
+    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
+    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys[1:]]
+    quick = ProfileSettings(runs=3, min_warmup=1, max_warmup=2, max_seconds=0.2)
+    path = Profile(device_slug(torch.device("cpu")), 1, "fp32", "forward", {}, entries, quick).save(tmp_path / "p.json")
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                     settings=ExportSettings(providers="cpu", profile_missing=True, **FAST)).to_dict()
+    p = doc["prediction"]
+    assert p["missing"] == 0 and p["predicted_ms"] > 0.01 * (len(keys) - 1)
+    assert len(Profile.load(path).entries) == len(keys) - 1  # the file given is left as it was
+
+
 @pytest.mark.parametrize("for_tensorrt,zero_point_type",
                          [(False, onnx.TensorProto.UINT8), (True, onnx.TensorProto.INT8)])
 def test_int8_activation_type_follows_the_target(exported: tuple[Path, dict], tmp_path: Path, for_tensorrt: bool,

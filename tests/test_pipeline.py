@@ -72,6 +72,8 @@ def _check_artefacts(out: Path, budget: float) -> None:
     export = json.loads((out / "export" / "report.json").read_text())
     assert export["verification"]["passed"] is True
     assert export["costs"]["macs"] <= budget  # the exported network honours the MAC budget
+    # the run profiled this device, so the shapes of the trained network it lacked were measured
+    assert export["prediction"]["missing"] == 0 and export["prediction"]["predicted_ms"] > 0
     check = json.loads((out / "budget.json").read_text())
     assert check["constrained"]["macs"] == export["costs"]["macs"]
     html = (out / "report.html").read_text()

@@ -44,6 +44,7 @@ class ExportSettings:
     runs: int = 50                   # timed runs per configuration
     max_warmup: int = 30             # warm-up runs at most (fewer once times settle)
     max_seconds: float = 10.0        # cap on the timed phase per configuration
+    profile_missing: bool = False    # measure the shapes a --profile lacks (on its device) to predict
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
