@@ -80,7 +80,9 @@ def _check_artefacts(out: Path, budget: float) -> None:
     for title in ("Profile", "Pruned search space", "Search", "Budget check", "Retraining", "Export"):
         assert title in html
     assert "data:image/png;base64," in html and "src='figures" not in html  # self-contained
-    assert (out / "report.md").read_text().count("![") >= 4
+    md = (out / "report.md").read_text()
+    assert md.count("![") >= 4
+    assert f"predicts (cell operators only) at batch {export['prediction']['batch']}" in md
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
