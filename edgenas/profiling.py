@@ -433,18 +433,21 @@ def profile_ops(
 
 def profile_missing(
     profile: Profile,
-    keys: Iterable[ShapeKey],
+    keys: Iterable[Any],
     device: torch.device,
     on_entry: Callable[[ShapeKey], None] | None = None,
 ) -> Profile:
-    """A copy of ``profile`` with the keys it lacks measured on ``device`` with its settings."""
+    """A copy of ``profile`` with the keys it lacks measured on ``device`` with its settings.
+
+    A key is anything with op, C, H, W, stride (a :class:`ShapeKey`, a :class:`edgenas.nets.OpShape`).
+    """
     slug = device_slug(device)
     if slug != profile.device:
         raise EdgenasError(
             f"the profile was measured on {profile.device}, not on this device ({slug})",
             "measure missing shapes on the profiled device, or profile this device afresh",
         )
-    missing = [k for k in dict.fromkeys(keys)
+    missing = [ShapeKey(k.op, k.C, k.H, k.W, k.stride) for k in dict.fromkeys(keys)
                if profile.lookup(k.op, k.C, k.H, k.W, k.stride) is None]
     if not missing:
         return replace(profile, entries=list(profile.entries), skipped=list(profile.skipped))

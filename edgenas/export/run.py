@@ -192,11 +192,10 @@ def _complete_profile(profile: Profile, net: TrainedNet, device: torch.device,
     """``profile`` with the network's cell-operator shapes it lacks measured on ``device`` (which must
     be the profiled one), measured alike (its batch, dtype, mode and settings)."""
     from edgenas.nets import cell_shapes
-    from edgenas.profiling import ShapeKey, profile_missing
+    from edgenas.profiling import profile_missing
 
-    keys = [ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)]
     log("measuring the operator shapes the profile lacks")
-    return profile_missing(profile, keys, device)
+    return profile_missing(profile, cell_shapes(net.genotype, net.cfg), device)
 
 
 def run_export(source: str | Path, *, data: str | None, out: str | Path | None, settings: ExportSettings,

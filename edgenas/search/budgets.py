@@ -542,7 +542,7 @@ def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps
 
 
 def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
-    from edgenas.profiling import Profile, ShapeKey, profile_missing
+    from edgenas.profiling import Profile, profile_missing
 
     if profile_path is None:
         raise EdgenasError("a latency budget needs a profile of the target device",
@@ -558,6 +558,6 @@ def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
                            f"profile at --batch {spec.budget_batch} or pass --budget-batch {profile.batch}")
     if spec.profile_missing:
         needed: list = []
-        _edge_tables(cfg, ops, steps, lambda s: needed.append(ShapeKey(s.op, s.C, s.H, s.W, s.stride)) or 0.0)
+        _edge_tables(cfg, ops, steps, lambda s: needed.append(s) or 0.0)
         profile = profile_missing(profile, needed, device)
     return profile
