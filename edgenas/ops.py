@@ -135,7 +135,8 @@ class Zero(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
-def _dense_format(x: torch.Tensor) -> torch.memory_format:
+def memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``x`` is laid out so, else contiguous: the layout new tensors for x take."""
     return torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         else torch.contiguous_format
 
@@ -152,7 +153,7 @@ class _AlternatePixels(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmt = _dense_format(x)
+        fmt = memory_format(x)
         ctx.meta = (x.shape, x.dtype, x.device, fmt)
         return x[:, :, ::2, ::2].contiguous(memory_format=fmt), x[:, :, 1::2, 1::2].contiguous(memory_format=fmt)
 

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgenas.ops import memory_format
+
 _conv_backward = torch.ops.aten.convolution_backward
 
 
@@ -69,7 +71,7 @@ def _input_grad(g: torch.Tensor, w: torch.Tensor, size: tuple[int, int], s: int,
     # Dilated and strided, oneDNN's transposed kernel is slow (B=64, 16 channels, 32x32: 6.8 ms for
     # a 3x3, 12 ms for a 5x5); spreading g over the finer grid and running the stride-1 correlation
     # takes 0.25 / 0.4 ms.
-    fmt = torch.channels_last if g.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    fmt = memory_format(g)
     grid = [(g.shape[-2 + i] - 1) * s + 1 + extra[i] for i in (0, 1)]
     spread = torch.empty((g.shape[0], C, *grid), dtype=g.dtype, device=g.device, memory_format=fmt).zero_()
     spread[:, :, ::s, ::s] = g
@@ -87,8 +89,7 @@ class _Depthwise(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, w = ctx.saved_tensors
         s, p, d = ctx.conf
-        g = g.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-            memory_format=torch.channels_last) else g.contiguous()
+        g = g.contiguous(memory_format=memory_format(x))
         gx = _input_grad(g, w, x.shape[-2:], s, p, d) if ctx.needs_input_grad[0] else None
         gw = _weight_grad(x, g, w.shape[-1], s, p, d) if ctx.needs_input_grad[1] else None
         return gx, gw, None, None, None
