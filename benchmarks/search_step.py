@@ -222,6 +222,15 @@ def main() -> None:
         return
 
     names = args.methods.split(",")
+    from edgenas.errors import EdgenasError
+    from edgenas.search import make_method
+
+    try:  # a bad name is one line here, not a worker's traceback after minutes of warm-up
+        for name in names:
+            make_method(name)
+    except EdgenasError as e:
+        print(e.one_line(), file=sys.stderr)
+        sys.exit(e.exit_code)
     ref_name = "darts" if "darts" in names else names[0]
     ref = Worker(ref_name, args)
     rows: dict[str, dict[str, Any]] = {}
