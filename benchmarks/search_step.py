@@ -20,7 +20,12 @@ allocated before the first step):
 * saved activations: bytes of the distinct tensor storages autograd keeps for backward during one
   architecture-step and one weight-step forward (``torch.autograd.graph.saved_tensors_hooks``).
 
-    .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5]
+`--base` adds, per method, a row timed with operators none and skip_connect only: the method's
+fixed cost (stem, preprocessing, channel selection and merging, cell outputs, classifier, optimisers),
+which no faster operator removes; the table is then followed by each step split into that fixed part
+and its operators. `--ops` gives every method the same operators (e.g. one candidate at a time).
+
+    .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5] [--base]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+BASE_OPS = "none,skip_connect"  # the cheapest space: what remains is the method's fixed cost
 
 
 def _rss_bytes(field: str) -> int:
@@ -77,6 +83,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from edgenas.search import make_method
     from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
     from edgenas.search.supernet import Supernet, SupernetConfig
+    from edgenas.space import SearchSpace
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +92,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
     torch.manual_seed(0)
     method = make_method(args.worker)
-    ops = method.resolve_space(None).ops
+    given = SearchSpace(tuple(args.ops.split(","))) if args.ops else None
+    ops = method.resolve_space(given).ops
     net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
                              cell_residual=method.cell_residual)
     method.check(net_cfg)
@@ -160,10 +168,11 @@ def _policy(args: argparse.Namespace) -> str:
 class Worker:
     """One method's benchmark process: it builds and warms up, then runs a timed step when asked."""
 
-    def __init__(self, name: str, args: argparse.Namespace) -> None:
+    def __init__(self, name: str, args: argparse.Namespace, ops: str | None = None) -> None:
+        settings = {**vars(args), "ops": args.ops if ops is None else ops}
         cmd = [sys.executable, __file__, "--worker", name] + [
-            a for k in ("channels", "layers", "nodes", "batch", "hw", "warmup", "threads", "device", "format")
-            for a in (f"--{k}", str(getattr(args, k)))]
+            a for k in ("channels", "layers", "nodes", "batch", "hw", "warmup", "threads", "device", "format", "ops")
+            for a in (f"--{k}", str(settings[k]))]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if args.omp_wait != "inherit":
             env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
@@ -214,6 +223,14 @@ def main() -> None:
                    help="OMP_WAIT_POLICY of the workers (inherit: this environment's, what `edgenas search` "
                         "runs with). On a CPU shared with other jobs spinning OpenMP threads made steps up to "
                         "10x slower: use passive there (on a quiet machine it made every method ~27%% slower)")
+    p.add_argument("--ops", default="",
+                   help="comma-separated operators every method searches over (default: each method's own "
+                        "space). `--ops none,skip_connect` times everything but the candidate operators: "
+                        "stem, preprocessing, channel selection and merging, cell outputs, classifier, optimisers")
+    p.add_argument("--base", action="store_true",
+                   help=f"also time each method with operators {BASE_OPS} only (a row '<method> base', "
+                        "interleaved with the reference like the others): what the method costs besides its "
+                        "candidate operators, which no operator speed-up removes")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -224,59 +241,86 @@ def main() -> None:
     names = args.methods.split(",")
     from edgenas.errors import EdgenasError
     from edgenas.search import make_method
+    from edgenas.space import SearchSpace
 
     try:  # a bad name is one line here, not a worker's traceback after minutes of warm-up
         for name in names:
             make_method(name)
+        if args.ops:
+            SearchSpace(tuple(args.ops.split(",")))
     except EdgenasError as e:
         print(e.one_line(), file=sys.stderr)
         sys.exit(e.exit_code)
     ref_name = "darts" if "darts" in names else names[0]
     ref = Worker(ref_name, args)
     rows: dict[str, dict[str, Any]] = {}
-    ref_times: dict[str, list[float]] = {}  # the reference's steps interleaved with each method's
-    for name in names:
-        if name == ref_name:
+    ref_times: dict[str, list[float]] = {}  # the reference's steps interleaved with each row's
+    runs = [(name, name, None) for name in names]
+    if args.base:
+        runs = [r for name in names for r in ((name, name, None), (f"{name} base", name, BASE_OPS))]
+    for label, name, ops in runs:
+        if label == ref_name:
             continue
-        other = Worker(name, args)
-        ref_times[name] = []
+        other = Worker(name, args, ops)
+        ref_times[label] = []
         for i in range(args.steps):
             for w in ((ref, other) if i % 2 == 0 else (other, ref)):  # ABBA: a trend hits both alike
                 t = w.step()
                 if w is ref:
-                    ref_times[name].append(t)
-        rows[name] = other.finish()
-        print(f"measured {name} (interleaved with {ref_name})", file=sys.stderr)
+                    ref_times[label].append(t)
+        rows[label] = {**other.finish(), "method": label}
+        print(f"measured {label} (interleaved with {ref_name})", file=sys.stderr)
     if len(names) == 1:
         for _ in range(args.steps):
             ref.step()
     rows[ref_name] = ref.finish()
-    rows = {n: rows[n] for n in names}
+    rows = {label: rows[label] for label, _, _ in runs}
     for name, r in rows.items():
         r["ref_step_s"] = statistics.median(ref_times[name]) if name in ref_times else r["step_s"]
         r["x_throughput"] = r["ref_step_s"] / r["step_s"]
-    base = rows[ref_name]
+    ref_row = rows[ref_name]
     load = os.getloadavg()
     if args.json:
         print(json.dumps({"settings": vars(args), "loadavg": load, "reference": ref_name,
                           "rows": list(rows.values())}, indent=2))
         return
     first = next(iter(rows.values()))
+    width = max(11, max(len(n) for n in rows) + 2)
+    ops_desc = args.ops or "each method's own"
     print(f"search step = 1 architecture step + 1 weight step; C={args.channels}, {args.layers} cells, "
-          f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, device {args.device}, "
+          f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, "
+          f"operators {ops_desc}, device {args.device}, "
           f"threads {first['threads']} (OMP_WAIT_POLICY {_policy(args)}), CPU allocator {first['allocator']}, "
           f"{args.warmup} warm-up steps, then "
           f"{args.steps} steps interleaved with {ref_name}'s (medians); ratios to {ref_name}")
-    print(f"{'method':<11}{'ops':>4}{'s/step':>9}{'img/s':>8}{ref_name + ' s':>9}{'x thr':>7}{'peak RSS MiB':>14}"
+    print(f"{'method':<{width}}{'ops':>4}{'s/step':>9}{'img/s':>8}{ref_name + ' s':>9}{'x thr':>7}{'peak RSS MiB':>14}"
           f"{'x mem':>7}{'saved MiB':>11}{'x saved':>9}")
     for r in rows.values():
-        print(f"{r['method']:<11}{r['ops']:>4}{r['step_s']:>9.3f}{r['images_per_s']:>8.1f}{r['ref_step_s']:>9.3f}"
+        print(f"{r['method']:<{width}}{r['ops']:>4}{r['step_s']:>9.3f}{r['images_per_s']:>8.1f}{r['ref_step_s']:>9.3f}"
               f"{r['x_throughput']:>7.2f}{r['peak_bytes'] / 2**20:>14.0f}"
-              f"{r['peak_bytes'] / base['peak_bytes']:>7.2f}{r['saved_bytes'] / 2**20:>11.0f}"
-              f"{r['saved_bytes'] / base['saved_bytes']:>9.2f}")
+              f"{r['peak_bytes'] / ref_row['peak_bytes']:>7.2f}{r['saved_bytes'] / 2**20:>11.0f}"
+              f"{r['saved_bytes'] / ref_row['saved_bytes']:>9.2f}")
     print(f"{ref_name} s: {ref_name}'s median over the steps interleaved with that method's; x thr = {ref_name} s / "
           f"s/step. Load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
           f"memory: {first['peak_kind']} and autograd-saved tensors of one forward (max of the two steps)")
+    ref_base = rows.get(f"{ref_name} base")
+    if ref_base:
+        _print_split(rows, ref_name, 1 / ref_base["x_throughput"])
+
+
+def _print_split(rows: dict[str, dict[str, Any]], ref_name: str, ref_fixed: float) -> None:
+    """Each method's step split into its fixed part (the base row) and its operators, as fractions of
+    the reference's step (ratios, so the machine's drift cancels as in the table)."""
+    print(f"Split of each step, in units of {ref_name}'s step: fixed = the base row ({BASE_OPS}), "
+          f"operators = the rest; {ref_name}'s fixed part is {ref_fixed:.3f}, its operators {1 - ref_fixed:.3f}")
+    for label, r in rows.items():
+        b = rows.get(f"{label} base")
+        if b is None or label == ref_name:
+            continue
+        step, fixed = 1 / r["x_throughput"], 1 / b["x_throughput"]
+        ops = step - fixed
+        print(f"  {label}: fixed {fixed:.3f}, operators {ops:.3f} ({(1 - ref_fixed) / ops:.2f}x fewer than "
+              f"{ref_name}'s); with {ref_name}'s fixed part and these operators: {1 / (ref_fixed + ops):.2f}x")
 
 
 if __name__ == "__main__":
