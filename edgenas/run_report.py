@@ -148,14 +148,10 @@ def _export(exp: dict[str, Any], budget: dict[str, Any] | None) -> list[Block]:
                 .removesuffix("ExecutionProvider"), t.get("batch"),
                 *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
                for t in exp.get("timing", [])])]
-    pred = exp.get("prediction")
-    if pred and pred.get("predicted_ms") is not None:
-        blocks.append(f"Latency the profile predicts (cell operators only) at batch {pred.get('batch')}: "
-                      f"{_f(pred['predicted_ms'], 3)} ms; measured {_f(pred.get('measured_ms'), 3)} ms "
-                      f"({pred.get('measured_by')}).")
-    elif pred:
-        blocks.append(f"No latency prediction: the profile lacks {pred.get('missing')} of the network's "
-                      "operator shape(s).")
+    if exp.get("prediction"):
+        from edgenas.export.report import describe_prediction  # the wording export's own reports use
+
+        blocks.append(describe_prediction(exp["prediction"]))
     unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
     if unavailable:
         blocks.append("Unavailable providers: " + "; ".join(

@@ -273,6 +273,17 @@ def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: P
     assert p["measured_ms"] == eager["stats"]["median"]
     assert p["relative_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"])
     assert any("cpu-elsewhere" in w for w in doc["warnings"])
+    # report.md and the terminal say it in the same words (the run report too: test_pipeline)
+    from rich.console import Console
+
+    from edgenas.export.report import console_tables, describe_prediction
+
+    sentence = describe_prediction(p)
+    assert sentence.startswith(f"Latency the profile {path} (cpu-elsewhere, forward) predicts")
+    assert sentence in (tmp_path / "o" / REPORT_MD).read_text()
+    con = Console(record=True, width=1000)
+    con.print(*console_tables(doc))
+    assert sentence in con.export_text()
 
 
 def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_run: Path, tmp_path: Path) -> None:
@@ -287,7 +298,8 @@ def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_ru
     run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
                settings=ExportSettings(providers="cpu", **FAST))
     text = (tmp_path / "o" / REPORT_MD).read_text()
-    assert "no prediction: 1 of this network's operator shape(s) are not in it" in text
+    assert "No latency prediction from the profile" in text
+    assert "1 of this network's operator shape(s) are not in it" in text
     assert "predicted -" not in text
 
 

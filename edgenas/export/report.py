@@ -131,21 +131,26 @@ def render_markdown(report: dict[str, Any]) -> str:
               for p in report["providers"]]
     lines += [f"- note: {n}" for n in report["timing_notes"]]
     if report["prediction"]:
-        p = report["prediction"]
-        head = f"Profile {p['profile']} ({p['device']}, batch {p['batch']}, {p['mode']}): "
-        if p["predicted_ms"] is None:  # a missing shape is never taken as zero
-            head += (f"no prediction: {p['missing']} of this network's operator shape(s) are not in it (the "
-                     f"shapes it has sum to {_ms(p['found_ms'])} ms; measure the others with `edgenas profile "
-                     f"--shapes`); measured {_ms(p['measured_ms'])} ms ({p['measured_by']}). ")
-        else:
-            head += (f"predicted {_ms(p['predicted_ms'])} ms vs measured {_ms(p['measured_ms'])} ms "
-                     f"({p['measured_by']}); relative error "
-                     f"{'-' if p['relative_error'] is None else format(p['relative_error'], '+.1%')}. ")
-        lines += ["", "## Latency predicted by the profile", "", head + p["covers"]]
+        lines += ["", "## Latency predicted by the profile", "",
+                  f"{describe_prediction(report['prediction'])} What it covers: {report['prediction']['covers']}"]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "## Genotype", "", "```json", json.dumps(net["genotype"]), "```", ""]
     return "\n".join(lines)
+
+
+def describe_prediction(p: dict[str, Any]) -> str:
+    """The profile's latency prediction beside the measured time, in one sentence: report.md, the
+    terminal and the run report all print this one."""
+    src = f"the profile {p['profile']} ({p['device']}, {p['mode']})"
+    if p["predicted_ms"] is None:  # a missing shape is never taken as zero
+        return (f"No latency prediction from {src} at batch {p['batch']}: {p['missing']} of this network's "
+                f"operator shape(s) are not in it (the shapes it has sum to {_ms(p['found_ms'])} ms; measure "
+                f"the others with `edgenas profile --shapes`); measured {_ms(p['measured_ms'])} ms "
+                f"({p['measured_by']}).")
+    err = "-" if p["relative_error"] is None else format(p["relative_error"], "+.1%")
+    return (f"Latency {src} predicts (cell operators only) at batch {p['batch']}: {_ms(p['predicted_ms'])} ms; "
+            f"measured {_ms(p['measured_ms'])} ms ({p['measured_by']}); relative error {err}.")
 
 
 def console_tables(doc: dict[str, Any]) -> list[Any]:
@@ -176,11 +181,7 @@ def console_tables(doc: dict[str, Any]) -> list[Any]:
         summary.add_row("int8 top-1", f"{q['top1']:.2f}% ({-q['drop_points']:+.2f} points vs fp32 ORT), "
                         f"{q['size_ratio']:.2f}x fp32 size")
     if doc["prediction"]:
-        p = doc["prediction"]
-        err = "-" if p["relative_error"] is None else f"{p['relative_error']:+.1%}"
-        summary.add_row("profile prediction", f"{_ms(p['predicted_ms'])} ms vs measured {_ms(p['measured_ms'])} ms "
-                        f"(batch {p['batch']}): error {err}" if p["predicted_ms"] is not None else
-                        f"none: {p['missing']} operator shape(s) not in the profile")
+        summary.add_row("profile prediction", describe_prediction(doc["prediction"]))
     for p in doc["providers"]:
         if not p["usable"]:
             summary.add_row(f"{p['key']} provider", f"unavailable: {p['reason']}")
