@@ -236,6 +236,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "nvml": _nvml_record(device),
     }
+    if device.type == "cpu":
+        # whether freed memory stays in the heap (keep_cpu_memory) changes CPU timings several-fold
+        rec["cpu_allocator"] = cpu_allocator()
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         rec["cuda_capability"] = f"{props.major}.{props.minor}"

@@ -34,11 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.costs import MAC_CONVENTION, count_macs, count_params
+from edgenas.costs import MAC_CONVENTION, count_macs, count_params, latency_lookup
 from edgenas.device import (
     TimingStats,
     benchmark,
-    cpu_allocator,
     device_slug,
     environment,
     keep_cpu_memory,
@@ -425,10 +424,7 @@ def profile_ops(
         reasons = "; ".join(sorted({s.reason for s in skipped}))
         raise EdgenasError(f"no operator could run on {device} with dtype {dtype}: {reasons}",
                            "choose another --dtype (fp32 runs everywhere) or device")
-    env = environment(device)
-    if device.type == "cpu":
-        env["cpu_allocator"] = cpu_allocator()
-    return Profile(device_slug(device), batch, dtype, mode, env, entries, settings, skipped)
+    return Profile(device_slug(device), batch, dtype, mode, environment(device), entries, settings, skipped)
 
 
 def profile_missing(
@@ -447,8 +443,7 @@ def profile_missing(
             f"the profile was measured on {profile.device}, not on this device ({slug})",
             "measure missing shapes on the profiled device, or profile this device afresh",
         )
-    missing = [ShapeKey(k.op, k.C, k.H, k.W, k.stride) for k in dict.fromkeys(keys)
-               if profile.lookup(k.op, k.C, k.H, k.W, k.stride) is None]
+    missing = [ShapeKey(k.op, k.C, k.H, k.W, k.stride) for k in latency_lookup(profile, keys)[1]]
     if not missing:
         return replace(profile, entries=list(profile.entries), skipped=list(profile.skipped))
     entries, skipped = measure_entries(missing, device, batch=profile.batch, dtype=profile.dtype,

@@ -145,8 +145,8 @@ def describe_prediction(p: dict[str, Any]) -> str:
     src = f"the profile {p['profile']} ({p['device']}, {p['mode']})"
     if p["predicted_ms"] is None:  # a missing shape is never taken as zero
         return (f"No latency prediction from {src} at batch {p['batch']}: {p['missing']} of this network's "
-                f"operator shape(s) are not in it (the shapes it has sum to {_ms(p['found_ms'])} ms; measure "
-                f"the others with `edgenas profile --shapes`); measured {_ms(p['measured_ms'])} ms "
+                f"operator shape(s) are not in it (the shapes it has sum to {_ms(p['found_ms'])} ms; export "
+                f"again with --profile-missing to measure the others); measured {_ms(p['measured_ms'])} ms "
                 f"({p['measured_by']}).")
     err = "-" if p["relative_error"] is None else format(p["relative_error"], "+.1%")
     return (f"Latency {src} predicts (cell operators only) at batch {p['batch']}: {_ms(p['predicted_ms'])} ms; "

@@ -187,17 +187,6 @@ def default_out(net: TrainedNet) -> Path:
     return Path("exports") / net.name
 
 
-def _complete_profile(profile: Profile, net: TrainedNet, device: torch.device,
-                      log: Callable[[str], None]) -> Profile:
-    """``profile`` with the network's cell-operator shapes it lacks measured on ``device`` (which must
-    be the profiled one), measured alike (its batch, dtype, mode and settings)."""
-    from edgenas.nets import cell_shapes
-    from edgenas.profiling import profile_missing
-
-    log("measuring the operator shapes the profile lacks")
-    return profile_missing(profile, cell_shapes(net.genotype, net.cfg), device)
-
-
 def run_export(source: str | Path, *, data: str | None, out: str | Path | None, settings: ExportSettings,
                device: torch.device, profile: str | Path | None = None,
                log: Callable[[str], None] = lambda _msg: None) -> ExportReport:
@@ -206,9 +195,13 @@ def run_export(source: str | Path, *, data: str | None, out: str | Path | None, 
 
     prof = Profile.load(profile) if profile is not None else None
     net = load_trained(source)
+    bundle = load_export_data(net, data, settings)  # bad data fails here, before any measuring
     if prof is not None and settings.profile_missing:
-        prof = _complete_profile(prof, net, device, log)
-    bundle = load_export_data(net, data, settings)
+        from edgenas.nets import cell_shapes
+        from edgenas.profiling import profile_missing
+
+        log("measuring the operator shapes the profile lacks")
+        prof = profile_missing(prof, cell_shapes(net.genotype, net.cfg), device)
     if not net.classes:
         net = replace(net, classes=tuple(bundle.classes))
     return export_network(net, bundle, Path(out) if out is not None else default_out(net), settings,

@@ -123,6 +123,11 @@ def _colsum(X: torch.Tensor) -> torch.Tensor:
     return torch.mv(X.t(), X.new_ones(X.shape[0]))
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels_last (B, C, H, W) tensor as the (B*H*W, C) matrix it is in memory (a view)."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
 class _ChannelsLastBatchNorm(torch.autograd.Function):
     """Training-mode batch norm of a channels_last tensor viewed as an (N*H*W, C) matrix."""
 
@@ -130,7 +135,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
-        X = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view: x is channels_last
+        X = _rows(x)
         m = X.shape[0]
         mean = _colsum(X).div_(m)
         xc = X - mean
@@ -146,7 +151,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
         y, rstd, weight = ctx.saved_tensors
         n, c, h, w = g.shape
-        G = g.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(-1, c)
+        G = _rows(g.contiguous(memory_format=torch.channels_last))
         gw = gb = None
         if weight is not None:
             if ctx.needs_input_grad[1]:
@@ -185,11 +190,6 @@ class FastBatchNorm2d(nn.BatchNorm2d):
         out, mean, var = _ChannelsLastBatchNorm.apply(x, self.weight, self.bias, self.eps)
         _track(self, mean, var, x.numel() // x.shape[1])
         return out
-
-
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """A channels_last (B, C, H, W) tensor as the (B*H*W, C) matrix it is in memory (a view)."""
-    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
 
 class _NormMix(torch.autograd.Function):
