@@ -72,6 +72,13 @@ def _saved_bytes(fn: Any) -> int:
     return total
 
 
+def _space(ops: str) -> Any:
+    """``--ops`` as a SearchSpace (None: each method's own); raises EdgenasError on a bad list."""
+    from edgenas.space import SearchSpace
+
+    return SearchSpace(tuple(ops.split(","))) if ops else None
+
+
 def _reply(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
@@ -83,7 +90,6 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from edgenas.search import make_method
     from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
     from edgenas.search.supernet import Supernet, SupernetConfig
-    from edgenas.space import SearchSpace
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,8 +98,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
     torch.manual_seed(0)
     method = make_method(args.worker)
-    given = SearchSpace(tuple(args.ops.split(","))) if args.ops else None
-    ops = method.resolve_space(given).ops
+    ops = method.resolve_space(_space(args.ops)).ops
     net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
                              cell_residual=method.cell_residual)
     method.check(net_cfg)
@@ -241,13 +246,11 @@ def main() -> None:
     names = args.methods.split(",")
     from edgenas.errors import EdgenasError
     from edgenas.search import make_method
-    from edgenas.space import SearchSpace
 
     try:  # a bad name is one line here, not a worker's traceback after minutes of warm-up
         for name in names:
             make_method(name)
-        if args.ops:
-            SearchSpace(tuple(args.ops.split(",")))
+        _space(args.ops)
     except EdgenasError as e:
         print(e.one_line(), file=sys.stderr)
         sys.exit(e.exit_code)
@@ -319,6 +322,9 @@ def _print_split(rows: dict[str, dict[str, Any]], ref_name: str, ref_fixed: floa
             continue
         step, fixed = 1 / r["x_throughput"], 1 / b["x_throughput"]
         ops = step - fixed
+        if ops <= 0:  # operators as cheap as none and skip_connect: within the run's noise
+            print(f"  {label}: fixed {fixed:.3f}, operators within noise of nothing")
+            continue
         print(f"  {label}: fixed {fixed:.3f}, operators {ops:.3f} ({(1 - ref_fixed) / ops:.2f}x fewer than "
               f"{ref_name}'s); with {ref_name}'s fixed part and these operators: {1 / (ref_fixed + ops):.2f}x")
 
