@@ -385,7 +385,7 @@ def train_cmd(
     test_subset: Optional[int] = typer.Option(None, "--test-subset", min=1, help="Test on N images."),
     in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Force 1 or 3 input channels "
                                               "(default: the data's)."),
-    amp: str = typer.Option("auto", "--amp", help="auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16"),
+    amp: str = typer.Option("auto", "--amp", help="auto (by GPU capability: bf16 on >= 8.0, fp16 on 7.x, off on older GPUs and the CPU) | off | bf16 | fp16"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on: measured faster on CPU and CUDA]."),
     download: bool = typer.Option(False, "--download", help="Download cifar10/cifar100 if missing."),

@@ -3,17 +3,26 @@
 The CLI resolves a device once (``resolve_device``) and passes the ``torch.device`` down; nothing
 else in edgenas names a device. Timed regions are bracketed by a device synchronisation: CUDA events
 on a GPU (they time the GPU's own work, not the launch), ``time.perf_counter`` on the CPU.
+
+Timer API (:func:`time_calls`, :func:`time_once`, :func:`benchmark`): a sample is ``calls``
+back-to-back calls between two marks, divided by ``calls``. On CUDA the marks are events recorded
+on the current stream *of the measured device* (inside ``torch.cuda.device(device)``), so a run on
+``cuda:1`` never times GPU 0; kernels of tens of microseconds are timed over enough calls that a
+sample lasts ``MIN_CUDA_SAMPLE_MS``, which hides the per-call Python dispatch the GPU overlaps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import math
 import os
 import platform
 import re
 import statistics
 import time
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -115,19 +124,46 @@ class TimingStats:
         return asdict(self)
 
 
+MIN_CUDA_SAMPLE_MS = 1.0   # a CUDA sample spans at least this long (event resolution ~0.5 us)
+MAX_CALLS_PER_SAMPLE = 1000
+
+
+def calls_per_sample(one_call_ms: float, min_sample_ms: float, max_calls: int = MAX_CALLS_PER_SAMPLE) -> int:
+    """How many back-to-back calls make a sample of at least ``min_sample_ms`` (1 when one call does)."""
+    if min_sample_ms <= 0 or one_call_ms >= min_sample_ms:
+        return 1
+    return max(1, min(max_calls, math.ceil(min_sample_ms / max(one_call_ms, 1e-6))))
+
+
+def time_calls(fn: Callable[[], Any], device: torch.device, calls: int = 1) -> float:
+    """Milliseconds per call of ``calls`` back-to-back calls of ``fn`` on ``device``.
+
+    The device is synchronised before the first call; on CUDA one pair of events brackets all the
+    calls on the measured device's current stream, so launches overlap the GPU's work as they do in
+    a real forward pass, and the time is the GPU's. On the CPU ``perf_counter`` brackets them.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            stream = torch.cuda.current_stream(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            synchronize(device)
+            start.record(stream)
+            for _ in range(calls):
+                fn()
+            end.record(stream)
+            end.synchronize()
+            return float(start.elapsed_time(end)) / calls
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - t0) * 1e3 / calls
+
+
 def time_once(fn: Callable[[], Any], device: torch.device) -> float:
     """Milliseconds one call of ``fn`` takes on ``device``, synchronised around the region."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        synchronize(device)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
+    return time_calls(fn, device, 1)
 
 
 def benchmark(
@@ -140,12 +176,16 @@ def benchmark(
     window: int = 3,
     tolerance: float = 0.05,
     max_seconds: float | None = None,
+    min_sample_ms: float | None = None,
 ) -> TimingStats:
-    """Warm up until the run-to-run spread settles, then time ``runs`` calls.
+    """Warm up until the run-to-run spread settles, then time ``runs`` samples (per-call times).
 
     Warm-up ends once the medians of two consecutive windows of ``window`` runs agree within
     ``tolerance`` (caches, allocator and autotuning have settled), or after ``max_warmup`` runs.
-    ``max_seconds`` caps the timed phase for slow operators (at least 5 runs are kept).
+    Each timed sample is :func:`calls_per_sample` calls long so it lasts ``min_sample_ms``
+    (default ``MIN_CUDA_SAMPLE_MS`` on CUDA, one call on the CPU, where ``perf_counter`` resolves
+    microseconds and a call is not asynchronous). ``max_seconds`` caps the timed phase for slow
+    operators (at least 5 samples are kept).
     """
     history: list[float] = []
     for i in range(max_warmup):
@@ -155,10 +195,14 @@ def benchmark(
             b = statistics.median(history[-window:])
             if abs(a - b) <= tolerance * max(a, b, 1e-9):
                 break
+    if min_sample_ms is None:
+        min_sample_ms = MIN_CUDA_SAMPLE_MS if device.type == "cuda" else 0.0
+    one_call = statistics.median(history[-window:]) if history else time_once(fn, device)
+    calls = calls_per_sample(one_call, min_sample_ms)
     samples: list[float] = []
     t_start = time.perf_counter()
     for _ in range(runs):
-        samples.append(time_once(fn, device))
+        samples.append(time_calls(fn, device, calls))
         if max_seconds is not None and len(samples) >= 5 and time.perf_counter() - t_start > max_seconds:
             break
     return TimingStats.from_samples(samples)
@@ -166,21 +210,14 @@ def benchmark(
 
 # --- environment record ------------------------------------------------------------------------
 
-def _nvml_record(device: torch.device) -> dict[str, Any]:
-    """Driver, memory and clocks from NVML; a ``skipped`` reason where NVML cannot answer."""
-    if device.type != "cuda":
-        return {"skipped": "not an NVIDIA GPU device"}
+@contextlib.contextmanager
+def _nvml_handle(device: torch.device) -> Iterator[Any]:
+    """An NVML handle for ``device`` (NVML initialised for the block); raises what NVML raises."""
+    import pynvml
+
+    pynvml.nvmlInit()
     try:
-        import pynvml
-    except ImportError:
-        return {"skipped": "nvidia-ml-py (pynvml) is not installed"}
-    try:
-        pynvml.nvmlInit()
-    except Exception as e:  # NVMLError has many subclasses; any of them means "no answer"
-        return {"skipped": f"NVML could not start: {e}"}
-    try:
-        props = torch.cuda.get_device_properties(device)
-        uuid = getattr(props, "uuid", None)
+        uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
         handle = None
         if uuid is not None:
             try:
@@ -189,34 +226,196 @@ def _nvml_record(device: torch.device) -> dict[str, Any]:
                 handle = None
         if handle is None:  # CUDA_VISIBLE_DEVICES may renumber; the UUID path above is exact
             handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        rec: dict[str, Any] = {
-            "name": _text(pynvml.nvmlDeviceGetName(handle)),
-            "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
-            "memory_total_mib": round(mem.total / 2**20),
-        }
-        for key, clock in (("sm", pynvml.NVML_CLOCK_SM), ("mem", pynvml.NVML_CLOCK_MEM)):
-            try:
-                rec[f"clock_{key}_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, clock)
-                rec[f"clock_{key}_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, clock)
-            except Exception as e:
-                rec[f"clock_{key}_mhz"] = f"unavailable: {e}"
-        return rec
-    except Exception as e:
-        return {"skipped": f"NVML query failed: {e}"}
+        yield handle
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:
-            pass
+
+
+def _nvml_unavailable(device: torch.device) -> str:
+    """Why NVML cannot describe ``device`` ("" when it may)."""
+    if device.type != "cuda":
+        return "not an NVIDIA GPU device"
+    try:
+        import pynvml  # noqa: F401
+    except ImportError:
+        return "nvidia-ml-py (pynvml) is not installed"
+    return ""
+
+
+def _nvml_record(device: torch.device) -> dict[str, Any]:
+    """Driver, memory and clocks from NVML; a ``skipped`` reason where NVML cannot answer."""
+    reason = _nvml_unavailable(device)
+    if reason:
+        return {"skipped": reason}
+    import pynvml
+
+    try:
+        with _nvml_handle(device) as handle:
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            rec: dict[str, Any] = {
+                "name": _text(pynvml.nvmlDeviceGetName(handle)),
+                "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+                "memory_total_mib": round(mem.total / 2**20),
+            }
+            for key, clock in (("sm", pynvml.NVML_CLOCK_SM), ("mem", pynvml.NVML_CLOCK_MEM)):
+                try:
+                    rec[f"clock_{key}_mhz"] = pynvml.nvmlDeviceGetClockInfo(handle, clock)
+                    rec[f"clock_{key}_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, clock)
+                except Exception as e:
+                    rec[f"clock_{key}_mhz"] = f"unavailable: {e}"
+            return rec
+    except Exception as e:  # NVMLError has many subclasses; any of them means "no answer"
+        return {"skipped": f"NVML query failed: {e}"}
+
+
+# NVML's clock-event bits (nvml.h, nvmlClocksEventReason*): why the SM clock is below its maximum.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
+}
+
+
+def clock_event_names(mask: int) -> list[str]:
+    """The named reasons set in an NVML clock-event bit mask (unknown bits as hex)."""
+    names = [name for bit, name in CLOCK_EVENT_REASONS.items() if mask & bit]
+    rest = mask & ~sum(CLOCK_EVENT_REASONS)
+    return names + ([hex(rest)] if rest else [])
+
+
+@dataclass
+class ClockLog:
+    """SM clock and clock-event reasons sampled while timing (NVML), or why none were taken."""
+
+    sm_mhz: list[int]
+    reasons: int = 0
+    skipped: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        if self.skipped:
+            return {"skipped": self.skipped}
+        if not self.sm_mhz:
+            return {"skipped": "no NVML sample was taken during timing"}
+        return {"samples": len(self.sm_mhz), "sm_mhz_min": min(self.sm_mhz), "sm_mhz_max": max(self.sm_mhz),
+                "sm_mhz_median": statistics.median(self.sm_mhz),
+                "clock_event_reasons": clock_event_names(self.reasons)}
+
+
+@contextlib.contextmanager
+def sample_clocks(device: torch.device, interval_s: float = 0.05) -> Iterator[ClockLog]:
+    """Sample the SM clock and its clock-event reasons every ``interval_s`` during the block.
+
+    A clock read once after measuring says nothing about the timed runs: boost clocks fall as the
+    GPU heats, and a power or thermal cap during the runs shows here as a reason. Reasons are OR-ed
+    over the samples, ``gpu_idle`` included (a sample between calls may see an idle GPU).
+    """
+    log = ClockLog([])
+    reason = _nvml_unavailable(device)
+    if reason:
+        log.skipped = reason
+        yield log
+        return
+    import pynvml
+
+    stop = threading.Event()
+
+    def poll(handle: Any) -> None:
+        events = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            pynvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        while True:
+            try:
+                log.sm_mhz.append(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+                log.reasons |= int(events(handle))
+            except Exception as e:
+                log.skipped = f"NVML sampling failed: {e}"
+                return
+            if stop.wait(interval_s):
+                return
+
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = stack.enter_context(_nvml_handle(device))
+        except Exception as e:  # errors of the timed block itself are not caught here
+            log.skipped = f"NVML could not start: {e}"
+            yield log
+            return
+        thread = threading.Thread(target=poll, args=(handle,), daemon=True)
+        thread.start()
+        try:
+            yield log
+        finally:
+            stop.set()
+            thread.join()
 
 
 def _text(v: str | bytes) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Everything a timing depends on, for the record in profiles and reports."""
+def _new_tf32_api() -> bool:
+    """torch >= 2.9 sets TF32 per backend with ``fp32_precision``; mixing it with the legacy
+    ``allow_tf32`` flags raises, so edgenas uses the new one where it exists."""
+    return hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
+
+
+def tf32_state() -> dict[str, bool]:
+    """Whether cuDNN convolutions and CUDA matmuls may round fp32 inputs to TF32 (Ampere and newer)."""
+    if _new_tf32_api():
+        return {"cudnn_conv": torch.backends.cudnn.conv.fp32_precision == "tf32",
+                "cuda_matmul": torch.backends.cuda.matmul.fp32_precision == "tf32"}
+    return {"cudnn_conv": bool(torch.backends.cudnn.allow_tf32),
+            "cuda_matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
+
+
+def _set_tf32(conv: bool, matmul: bool) -> None:
+    if _new_tf32_api():
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if matmul else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
+@contextlib.contextmanager
+def full_fp32() -> Iterator[dict[str, bool]]:
+    """TF32 off for the block (and restored after): convolutions and matmuls in IEEE fp32.
+
+    PyTorch lets cuDNN convolutions use TF32 by default, which keeps only 10 mantissa bits on
+    Ampere and newer GPUs: logits then differ from an fp32 runtime by ~1e-3, far above an fp32
+    parity threshold. Yields the state that was in force before.
+    """
+    before = tf32_state()
+    _set_tf32(False, False)
+    try:
+        yield before
+    finally:
+        _set_tf32(before["cudnn_conv"], before["cuda_matmul"])
+
+
+def amp_for_capability(capability: tuple[int, int]) -> str:
+    """The autocast dtype worth using on a GPU of this compute capability: ``bf16`` from Ampere
+    (8.0, bf16 tensor cores), ``fp16`` from Volta (7.0, fp16 tensor cores; needs loss scaling),
+    else ``off``. ``torch.cuda.is_bf16_supported()`` also counts emulated bf16, which runs slower
+    than fp32 on Pascal, Volta, Turing and Jetson Xavier."""
+    if capability >= (8, 0):
+        return "bf16"
+    if capability >= (7, 0):
+        return "fp16"
+    return "off"
+
+
+def cuda_settings() -> dict[str, Any]:
+    """The process-wide settings that change CUDA timings and numerics."""
+    return {"cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "tf32": tf32_state(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def environment(device: torch.device, clocks: ClockLog | None = None) -> dict[str, Any]:
+    """Everything a timing depends on, for the record in profiles and reports (``clocks``: what
+    :func:`sample_clocks` saw during the timed runs)."""
     try:
         import onnxruntime
         ort_version: str | None = onnxruntime.__version__
@@ -243,6 +442,9 @@ def environment(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         rec["cuda_capability"] = f"{props.major}.{props.minor}"
         rec["cuda_memory_total_mib"] = round(props.total_memory / 2**20)
+        rec.update(cuda_settings())
+    if clocks is not None:
+        rec["clocks_during_timing"] = clocks.summary()
     return rec
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
+from edgenas.device import amp_for_capability
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
@@ -102,7 +103,9 @@ def protocol_defaults(setting: str) -> TrainConfig:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
-    """Mixed precision: on by default on CUDA, off on the CPU unless asked (CPUs without bf16
+    """Mixed precision: on CUDA by default where the GPU has tensor cores for it
+    (:func:`edgenas.device.amp_for_capability`: bf16 from Ampere, fp16 with loss scaling on Volta and
+    Turing, off before), off on the CPU unless asked (CPUs without bf16
     units gain nothing and the result would no longer be fp32-exact).
 
     Channels-last: on by default everywhere. The issue asked for it on CUDA only, but on the 2-core
@@ -112,7 +115,8 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
     """
     amp = cfg.amp
     if amp == "auto":
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "off"
+        # the run's device, not the current one: on a mixed machine cuda:1 may be another generation
+        amp = amp_for_capability(torch.cuda.get_device_capability(device)) if device.type == "cuda" else "off"
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     channels_last = cfg.channels_last if cfg.channels_last is not None else True
     return Precision(amp=dtype, channels_last=channels_last)

@@ -183,7 +183,11 @@ def test_cuda_training_defaults_to_mixed_precision_and_channels_last(tmp_path):
     dev = resolve_device("cuda")
     cfg = _tiny_cfg(epochs=1)
     precision = resolve_precision(cfg, dev)
-    assert precision.amp in (torch.bfloat16, torch.float16) and precision.channels_last
+    from edgenas.device import amp_for_capability
+
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[
+        amp_for_capability(torch.cuda.get_device_capability(dev))]
+    assert precision.amp == want and precision.channels_last
     res = train(get_genotype("DARTS_V2"), cfg, "synthetic:48", out=tmp_path / "r", device=dev, quiet=True)
     assert next(res.model.parameters()).device.type == "cuda"
     assert res.model.stem0[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -72,6 +72,8 @@ class CostModel:
     tables: Mapping[str, np.ndarray]
     fixed: float = 0.0
     note: str = ""
+    _cache: dict[tuple[str, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for t in CELL_TYPES:
@@ -96,23 +98,35 @@ class CostModel:
         ``op_weights[t]``: (edges, ops) operator weights (rows sum to 1); ``edge_weights[t]``:
         (edges,) per-node normalised edge weights, or ``None`` for a uniform mean over a node's inputs.
         """
-        keep = [j for j, op in enumerate(self.ops) if not get_op(op).is_zero]
-        inputs = [i for _, i in edge_inputs(self.steps)]
-        nodes = [n for n, _ in edge_inputs(self.steps)]
         total = None
         for t in CELL_TYPES:
-            w = op_weights[t][:, keep]
+            keep, table, uniform = self._device_tables(t, op_weights[t].device, op_weights[t].dtype)
+            w = op_weights[t].index_select(1, keep)
             w = w / w.sum(dim=1, keepdim=True).clamp_min(_LOG_FLOOR)
-            table = torch.as_tensor(self.tables[t][:, keep], dtype=w.dtype, device=w.device)
-            per_edge = (w * table[inputs]).sum(dim=1)
+            per_edge = (w * table).sum(dim=1)
             if edge_weights is not None and edge_weights.get(t) is not None:
                 ew = edge_weights[t].to(w.dtype)
             else:
-                ew = w.new_tensor([1.0 / (n + 2) for n in nodes])
+                ew = uniform
             cell = 2.0 * (ew * per_edge).sum()
             total = cell if total is None else total + cell
         assert total is not None
         return total + self.fixed
+
+    def _device_tables(self, t: str, device: torch.device,
+                       dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(kept op columns, per-edge cost table (edges, kept ops), uniform edge weights) for cell type
+        ``t`` on ``device``, made once: built from host data on every search step they would be
+        blocking host-to-device copies."""
+        key = (t, device, dtype)
+        if key not in self._cache:
+            keep = [j for j, op in enumerate(self.ops) if not get_op(op).is_zero]
+            inputs = [i for _, i in edge_inputs(self.steps)]
+            uniform = [1.0 / (n + 2) for n, _ in edge_inputs(self.steps)]
+            self._cache[key] = (torch.tensor(keep, dtype=torch.long, device=device),
+                                torch.as_tensor(self.tables[t][:, keep][inputs], dtype=dtype, device=device),
+                                torch.tensor(uniform, dtype=dtype, device=device))
+        return self._cache[key]
 
 
 @dataclass(frozen=True)

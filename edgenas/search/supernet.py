@@ -371,10 +371,15 @@ class BatchedMixedOp(nn.Module):
             bn = layers[-1] if isinstance(layers[-1], nn.BatchNorm2d) and len(layers) > 1 else None
             self.plans.append((relu, layers[int(relu) : len(layers) - (bn is not None)], bn))
         self.shares_relu = any(relu for relu, _, _ in self.plans)
+        # index tensors live with the module: indexing a CUDA tensor with a Python list copies the
+        # list from pageable host memory on every forward, a blocking transfer per mixed op
+        heads = [o for o, (_, _, bn) in enumerate(self.plans) if bn is not None]
+        self.register_buffer("rows", torch.tensor(self.index, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer("head_rows", torch.tensor(heads, dtype=torch.long, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``x`` (B, n*C, H, W) stacked inputs, ``w`` (n, ops) weights -> (B, n*C, H', W') outputs."""
-        cw = w.t()[self.index].repeat_interleave(self.C, dim=1)  # (candidates, n*C): each edge's weights
+        cw = w.t().index_select(0, self.rows).repeat_interleave(self.C, dim=1)  # (candidates, n*C)
         relu_x = x.relu() if self.shares_relu else x
         heads, plain = [], []  # candidates closing with a BatchNorm (before it), and the others
         for o, (relu, layers, bn) in enumerate(self.plans):
@@ -386,7 +391,7 @@ class BatchedMixedOp(nn.Module):
             else:
                 plain.append((h, cw[o].view(1, -1, 1, 1)))
         mixed = norm_mix([h for _, h, _ in heads], [bn for _, _, bn in heads],
-                         cw[[o for o, _, _ in heads]]) if heads else None
+                         cw.index_select(0, self.head_rows)) if heads else None
         if mixed is None:  # the layers themselves (other devices, eval mode, other memory formats)
             terms = [(bn(h), cw[o].view(1, -1, 1, 1)) for o, h, bn in heads] + plain
             return weighted_sum([t for t, _ in terms], [c for _, c in terms])
@@ -437,6 +442,8 @@ class BatchedPartialNode(nn.Module):
         self.groups = [[e for e, s in enumerate(strides) if s == stride] for stride in dict.fromkeys(strides)]
         self.mixers = nn.ModuleList(
             BatchedMixedOp(ops, C // k, strides[g[0]], len(g), device=device, dtype=dtype) for g in self.groups)
+        for j, g in enumerate(self.groups):  # device-side rows of each group (see BatchedMixedOp.rows)
+            self.register_buffer(f"group_rows{j}", torch.tensor(g, dtype=torch.long, device=device), persistent=False)
 
     def prepare(self, h: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """State ``i`` as (channels the operators read, bypassed channels pooled at its edges' stride)."""
@@ -450,9 +457,9 @@ class BatchedPartialNode(nn.Module):
         assert op_w is not None, "a partial-channel node needs operator weights"
         w = op_w if coefs is None else op_w * coefs[:, None]
         processed = []
-        for group, mixer in zip(self.groups, self.mixers):
+        for j, (group, mixer) in enumerate(zip(self.groups, self.mixers)):
             x = torch.cat([inputs[e][0] for e in group], 1) if len(group) > 1 else inputs[group[0]][0]
-            y = mixer(x, w[group])
+            y = mixer(x, w.index_select(0, getattr(self, f"group_rows{j}")))
             processed.append(_sum_blocks(y, len(group)) if len(group) > 1 else y)
         c = coefs.unbind(0) if coefs is not None else None
         return self.selectors[0].combine(_sum(processed, None), _sum([b for _, b in inputs], c))
