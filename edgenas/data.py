@@ -124,6 +124,8 @@ class ImageTensors(torch.utils.data.Dataset):
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.augment = augment
+        self._resident: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
+        self._stager: _PinnedStager | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -144,6 +146,48 @@ class ImageTensors(torch.utils.data.Dataset):
         std = x.new_tensor(self.std).view(1, -1, 1, 1) * 255.0
         return (x - mean) / std
 
+    @staticmethod
+    def _draws(aug: Augment, b: int, h: int, w: int, generator: torch.Generator | None,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets (2, b), flips (b,) and cutout centres (2, b), drawn on the CPU in a fixed
+        order and moved to ``device`` in one transfer (from pinned memory on a GPU)."""
+        parts = []
+        if aug.crop_pad > 0:
+            parts.append(torch.randint(0, 2 * aug.crop_pad + 1, (2, b), generator=generator))
+        if aug.flip:
+            parts.append((torch.rand(b, generator=generator) < 0.5).to(torch.int64)[None])
+        if aug.cutout > 0:
+            parts.append(torch.stack([torch.randint(0, h, (b,), generator=generator),
+                                      torch.randint(0, w, (b,), generator=generator)]))
+        rows = torch.cat(parts) if parts else torch.zeros((0, b), dtype=torch.int64)
+        if device.type == "cuda":
+            rows = rows.pin_memory().to(device, non_blocking=True)
+        off = rows[:2] if aug.crop_pad > 0 else rows[:0]
+        flip = rows[2 * (aug.crop_pad > 0)].bool() if aug.flip else rows[:0, 0].bool()
+        centre = rows[-2:] if aug.cutout > 0 else rows[:0]
+        return off, flip, centre
+
+    def _gather(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's uint8 images and labels on ``device``.
+
+        On a GPU the whole uint8 set is copied once and kept there when it fits in a quarter of the
+        free memory (a batch is then a device-side gather); larger sets go through pinned staging
+        buffers, so the copy is asynchronous and overlaps the previous step's kernels. A gather
+        from pageable memory would block the host on every batch.
+        """
+        if device.type != "cuda":
+            return self.images.index_select(0, indices), self.labels.index_select(0, indices)
+        if self._resident is None or self._resident[0] != device:
+            free = torch.cuda.mem_get_info(device)[0]
+            if self.images.nbytes + self.labels.nbytes <= RESIDENT_FRACTION * free:
+                self._resident = (device, self.images.to(device), self.labels.to(device))
+        if self._resident is not None and self._resident[0] == device:
+            idx = indices.pin_memory().to(device, non_blocking=True)
+            return self._resident[1].index_select(0, idx), self._resident[2].index_select(0, idx)
+        if self._stager is None:
+            self._stager = _PinnedStager()
+        return self._stager.stage(self.images, self.labels, indices, device)
+
     def batch(self, indices: torch.Tensor, device: torch.device,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, move (as uint8: 4x less to copy), augment and normalise one batch on ``device``.
@@ -151,25 +195,21 @@ class ImageTensors(torch.utils.data.Dataset):
         The random parameters are drawn on the CPU from ``generator`` so a batch is the same
         whatever the device.
         """
-        x = self.images.index_select(0, indices).to(device, non_blocking=True)
-        y = self.labels.index_select(0, indices).to(device, non_blocking=True)
+        x, y = self._gather(indices, device)
         aug = self.augment if generator is not None else Augment()
         b, _, h, w = x.shape
+        off, flip, centre = self._draws(aug, b, h, w, generator, device)
         if aug.crop_pad > 0:
             p = aug.crop_pad
-            off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(device)
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             rows = (off[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
             cols = (off[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
             chans = torch.arange(x.shape[1], device=device)[None, :, None, None]
             x = padded[torch.arange(b, device=device)[:, None, None, None], chans, rows, cols]
         if aug.flip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         x = self._normalise(x.float())
         if aug.cutout > 0:
-            centre = torch.stack([torch.randint(0, h, (b,), generator=generator),
-                                  torch.randint(0, w, (b,), generator=generator)]).to(device)
             half = aug.cutout // 2
             ys = torch.arange(h, device=device)[None, :, None]
             xs = torch.arange(w, device=device)[None, None, :]
@@ -177,6 +217,38 @@ class ImageTensors(torch.utils.data.Dataset):
             inside = ((ys >= centre[0, :, None, None] - half) & (ys < centre[0, :, None, None] + half)
                       & (xs >= centre[1, :, None, None] - half) & (xs < centre[1, :, None, None] + half))
             x = x.masked_fill(inside[:, None], 0.0)
+        return x, y
+
+
+RESIDENT_FRACTION = 0.25  # of free GPU memory a dataset may take to be kept on the GPU
+
+
+class _PinnedStager:
+    """Two pinned host buffers used in turn for batch gathers; a buffer is reused only after the
+    copy from it (tracked with a CUDA event) finished, so overlapping copies never race."""
+
+    def __init__(self) -> None:
+        self.slots: list[tuple[torch.Tensor, torch.Tensor, torch.cuda.Event] | None] = [None, None]
+        self.turn = 0
+
+    def stage(self, images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor,
+              device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        b = len(indices)
+        slot = self.slots[self.turn]
+        if slot is None or slot[0].shape[0] < b:
+            slot = (torch.empty((b, *images.shape[1:]), dtype=images.dtype).pin_memory(),
+                    torch.empty((b,), dtype=labels.dtype).pin_memory(), torch.cuda.Event())
+        else:
+            slot[2].synchronize()  # the copy that last read this buffer is done
+        xs, ys, done = slot
+        torch.index_select(images, 0, indices, out=xs[:b])
+        torch.index_select(labels, 0, indices, out=ys[:b])
+        with torch.cuda.device(device):
+            x = xs[:b].to(device, non_blocking=True)
+            y = ys[:b].to(device, non_blocking=True)
+            done.record(torch.cuda.current_stream(device))
+        self.slots[self.turn] = slot
+        self.turn = 1 - self.turn
         return x, y
 
 

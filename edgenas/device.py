@@ -208,6 +208,18 @@ def benchmark(
     return TimingStats.from_samples(samples)
 
 
+# CUDA errors that leave the context unusable: every later kernel of the process fails with them
+STICKY_CUDA_ERRORS = ("illegal memory access", "device-side assert", "unspecified launch failure",
+                      "misaligned address", "illegal instruction", "an illegal address", "launch timed out",
+                      "uncorrectable ECC error", "hardware stack error", "CUDA error: unknown error")
+
+
+def is_sticky_cuda_error(e: BaseException) -> bool:
+    """Whether ``e`` is one of the CUDA errors after which the process cannot use the GPU again."""
+    text = str(e).lower()
+    return any(marker.lower() in text for marker in STICKY_CUDA_ERRORS)
+
+
 # --- environment record ------------------------------------------------------------------------
 
 @contextlib.contextmanager

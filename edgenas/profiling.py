@@ -40,6 +40,7 @@ from edgenas.device import (
     benchmark,
     device_slug,
     environment,
+    is_sticky_cuda_error,
     keep_cpu_memory,
     resolve_dtype,
     synchronize,
@@ -367,6 +368,10 @@ def _measure(
     return stats, memory, kind
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def measure_entries(
     keys: Sequence[ShapeKey],
     device: torch.device,
@@ -393,9 +398,18 @@ def measure_entries(
     for k in keys:
         try:
             stats, memory, kind = _measure(k, device, batch, torch_dtype, mode, settings)
+        except torch.cuda.OutOfMemoryError as e:
+            # the entry's tensors are gone with the frame; give their cached blocks back so the
+            # next (smaller) entry is not refused for this one's memory
+            torch.cuda.empty_cache()
+            skipped.append(Skipped(k, f"out of memory at batch {batch} ({dtype} on {device}): {_first_line(e)}"))
         except (RuntimeError, NotImplementedError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            skipped.append(Skipped(k, f"{dtype} on {device.type}: {first}"))
+            if device.type == "cuda" and is_sticky_cuda_error(e):
+                raise EdgenasError(
+                    f"CUDA error while measuring {k}, after which the GPU context is unusable: {_first_line(e)}",
+                    "measure the remaining operators in a new process (--ops or fewer --shapes); "
+                    "check the driver with nvidia-smi") from None
+            skipped.append(Skipped(k, f"{dtype} on {device.type}: {_first_line(e)}"))
         else:
             entries.append(ProfileEntry(k, stats, memory, kind, *costs[k]))
         if on_entry is not None:
