@@ -606,8 +606,12 @@ def export_cmd(
                                            "latency, shown beside the measured one."),
     profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure the network's operator "
                                          "shapes the --profile lacks (on the profiled device) to predict."),
-    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model_int8.onnx "
-                                           "(ONNX Runtime static QDQ quantisation)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8: the deployment model written "
+                                  "beside model.onnx (fp16: model_fp16.onnx for CUDA, and fp16 TensorRT engines; "
+                                  "int8: model_int8.onnx, ONNX Runtime static QDQ), checked against fp32."),
+    quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: the same as --precision int8."),
+    trt_cache: str = typer.Option("", "--trt-cache", help="Folder for TensorRT engine and timing caches "
+                                  "(default: $EDGENAS_TRT_CACHE or ~/.cache/edgenas/tensorrt)."),
     calibration: int = typer.Option(256, "--calibration", min=1, help="Training images to calibrate int8 on."),
     test_subset: Optional[int] = typer.Option(None, "--test-subset", min=1,
                                               help="Verify on a class-balanced N test images (default: all)."),
@@ -618,12 +622,13 @@ def export_cmd(
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Export a trained network to ONNX, verify it through ONNX Runtime, time it (optionally int8)."""
+    """Export a trained network to ONNX, verify it through ONNX Runtime, time it (optionally fp16 or int8)."""
     from edgenas.device import resolve_device
     from edgenas.export import ExportSettings, console_tables, run_export
 
     settings = ExportSettings(opset=opset, batch=batch, dynamic_batch=dynamic_batch, providers=providers,
-                              exporter=exporter, quantize=quantize, calibration=calibration,
+                              exporter=exporter, quantize=quantize, precision=precision, trt_cache=trt_cache,
+                              calibration=calibration,
                               test_subset=test_subset, runs=runs, max_warmup=warmup, threads=threads,
                               profile_missing=profile_missing)
     if profile_missing and profile is None:

@@ -12,7 +12,7 @@ from edgenas.export.onnx_export import OnnxInfo
 from edgenas.export.runtime import ProviderStatus
 from edgenas.export.settings import ExportSettings
 from edgenas.export.timing import Timing
-from edgenas.export.verify import AccuracyCheck, Parity
+from edgenas.export.verify import AccuracyCheck, Parity, SessionParity
 
 
 @dataclass
@@ -36,6 +36,8 @@ class ExportReport:
     environment: dict[str, Any]
     settings: ExportSettings
     warnings: list[str] = field(default_factory=list)
+    session_parity: list[SessionParity] = field(default_factory=list)  # each timed fp32 session
+    fp16: dict[str, Any] | None = None
 
     def speedups(self) -> list[dict[str, Any]]:
         """ORT time over PyTorch eager time at the same batch (below 1: ORT is faster)."""
@@ -59,6 +61,8 @@ class ExportReport:
                 "parity": [p.to_dict() for p in self.parity],
                 "test": self.accuracy.to_dict(),
                 "passed": all(p.passed for p in self.parity) and self.accuracy.passed,
+                "pytorch_precision": "fp32, TF32 off",
+                "sessions": [p.to_dict() for p in self.session_parity],
             },
             "providers": [p.to_dict() for p in self.providers],
             "timing": [t.to_dict() for t in self.timings],
@@ -66,6 +70,7 @@ class ExportReport:
             "speedup": self.speedups(),
             "prediction": self.prediction,
             "int8": self.int8,
+            "fp16": self.fp16,
             "settings": asdict(self.settings),
             "environment": self.environment,
             "warnings": self.warnings,
@@ -115,6 +120,23 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"INT8 ({q['scheme']['format']}, {q['scheme']['calibration_images']} calibration images): top-1 "
                   f"{q['top1']:.2f}% through ONNX Runtime ({-q['drop_points']:+.2f} points vs fp32), "
                   f"{q['bytes']:,} bytes ({q['size_ratio']:.2f}x fp32).", ""]
+    if report.get("fp16"):
+        f = report["fp16"]
+        for a in f["accuracy"]:
+            lines.append(f"FP16 on {a['provider'].removesuffix('ExecutionProvider')}: top-1 {a['top1']:.2f}% "
+                         f"({-a['drop_points']:+.2f} points vs fp32), agreement with fp32 {a['top1_agreement']:.2f}% "
+                         f"of {a['n']} test images.")
+        lines += [f"{f['file']}: {f['bytes']:,} bytes ({f['size_ratio']:.2f}x fp32); {f['scheme']['converter']}.", ""]
+    sessions = v.get("sessions", []) + (report.get("fp16") or {}).get("parity", []) \
+        + (report.get("int8") or {}).get("parity", [])
+    if sessions:
+        lines += ["Each timed session against the fp32 CPU reference (random inputs):", "",
+                  "| session | model | n | max abs logit diff | bound | top-1 agreement | passed |",
+                  "|---|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {p['provider'].removesuffix('ExecutionProvider')} | {p['model']} | {p['n']} | "
+                  f"{p['max_abs_diff']:.3g} | {'-' if p['limit'] is None else format(p['limit'], '.3g')} | "
+                  f"{p['top1_agreement']:.1f}% | {'yes' if p['passed'] else 'NO'} |" for p in sessions]
+        lines.append("")
     load = report["environment"].get("load_average_before_timing")
     lines += ["## Inference time", "", "Warm-up until stable, then timed runs; ms per batch"
               + (f" (1-minute load average before timing: {load[0]:.2f})." if load else "."), "",
@@ -128,6 +150,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"\n{sp['runtime']} at batch {sp['batch']}: {sp['ratio_to_eager']:.3g}x PyTorch eager's time")
     lines += ["", "Execution providers:", ""]
     lines += [f"- {p['name']}: {'used' if p['usable'] else 'unavailable: ' + p['reason']}"
+              + (f" (CPU fallback: {p['fallback_detail']})" if p.get("cpu_fallback") else "")
               for p in report["providers"]]
     lines += [f"- note: {n}" for n in report["timing_notes"]]
     if report["prediction"]:

@@ -17,16 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgenas.device import device_slug, environment
+from edgenas.device import device_slug, environment, sample_clocks, tf32_state
 from edgenas.errors import EdgenasError
 from edgenas.export.onnx_export import export_onnx
+from edgenas.export.fp16 import export_fp16
 from edgenas.export.quantize import _quantize
 from edgenas.export.report import ExportReport, render_markdown
 from edgenas.export.runtime import OrtModel, physical_cores, probe_providers, reference_session, timing_sessions
 from edgenas.export.settings import (
     FORMAT,
+    FP16_FILE,
     INT8_FILE,
     MODEL_FILE,
+    PARITY_INPUTS,
     REPORT_JSON,
     REPORT_MD,
     VERSION,
@@ -34,7 +37,13 @@ from edgenas.export.settings import (
 )
 from edgenas.export.timing import Timing, time_ort, time_torch
 from edgenas.export.trained import TrainedNet, load_export_data, load_trained
-from edgenas.export.verify import check_parity, raise_if_failed
+from edgenas.export.verify import (
+    check_parity,
+    parity_inputs,
+    raise_if_failed,
+    raise_if_sessions_failed,
+    session_parity,
+)
 from edgenas.files import write_json, write_text_atomic
 from edgenas.nets import AUX_PREFIX
 
@@ -71,6 +80,9 @@ def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: l
                      f"{device_slug(device)}: the comparison is across devices")
     if profile.mode != "forward":
         notes.append(f"profile {profile_path} timed {profile.mode} passes; inference is a forward pass")
+    if profile.dtype != "fp32":
+        notes.append(f"profile {profile_path} timed {profile.dtype} operators; the PyTorch eager time it is "
+                     "compared with ran in fp32: the comparison is across precisions")
     rel = (pred.total_ms - measured) / measured if pred.total_ms is not None and measured else None
     return {"profile": profile_path, "device": profile.device, "batch": profile.batch, "mode": profile.mode,
             "dtype": profile.dtype, "predicted_ms": pred.total_ms, "found_ms": pred.found_ms,
@@ -89,10 +101,10 @@ def _staging(out: Path) -> Path:
 
 def _publish(staging: Path, out: Path, names: Sequence[str]) -> None:
     """Move the checked artefacts into ``out``; the reports go last, so a report always describes
-    the models beside it, and a stale int8 model of an earlier export does not linger."""
+    the models beside it, and a stale int8 or fp16 model of an earlier export does not linger."""
     umask = os.umask(0)
     os.umask(umask)
-    for stale in (REPORT_JSON, REPORT_MD, INT8_FILE):
+    for stale in (REPORT_JSON, REPORT_MD, INT8_FILE, FP16_FILE):
         (out / stale).unlink(missing_ok=True)
     for name in names:
         os.chmod(staging / name, 0o666 & ~umask)  # temp files are created private; artefacts are not
@@ -120,8 +132,13 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
         log(f"verifying on random inputs and {len(bundle.test)} test images")
         parity, acc = check_parity(model, reference, net, settings, device, bundle.test)
         raise_if_failed(parity, acc)
+        shape = net.cfg.input_shape
+        runners, final_status = timing_sessions(fp32, statuses, settings, device, threads, shape)
+        x = parity_inputs(PARITY_INPUTS, shape)
+        want = reference.run(x)
         del reference
-        runners, final_status = timing_sessions(fp32, statuses, settings, device, threads)
+        sessions = [session_parity(r, "fp32", x, want, settings.atol) for r in runners]
+        raise_if_sessions_failed(sessions)
 
         batches = sorted({1, settings.batch})
         load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -129,7 +146,6 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
                  f"inter_op_num_threads=1, sequential execution, graph optimisation ORT_ENABLE_ALL; "
                  f"PyTorch: {torch.get_num_threads()} intra-op threads"]
         timings: list[Timing] = []
-        shape = net.cfg.input_shape
 
         def time_all(kind: str, rs: Sequence[OrtModel]) -> None:
             for r in rs:
@@ -141,38 +157,48 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
                     log(f"timing onnxruntime {kind} on {r.status.key} at batch {b}")
                     timings.append(time_ort(r, kind, b, shape, settings, threads))
 
-        time_all("fp32", runners)
-        for b in batches:
-            log(f"timing PyTorch eager on {device} at batch {b}")
-            timings.append(time_torch(model, device, b, shape, settings))
-
-        prediction = None
-        if profile is not None:
-            if profile.batch not in batches:
-                timings.append(time_torch(model, device, profile.batch, shape, settings))
-            prediction, pnotes = _prediction(net, profile, profile_path, timings, device)
-            warns += pnotes
-
         names = [MODEL_FILE]
-        int8 = None
-        if settings.quantize == "int8":
-            log(f"quantising to int8 (static QDQ, {settings.calibration} calibration images)")
-            int8 = _quantize(net, bundle, staging, statuses, settings, device, threads, acc, time_all)
-            names.append(INT8_FILE)
-            if int8["warning"]:
-                warns.append(int8["warning"])
+        int8 = fp16 = None
+        with sample_clocks(device) as clocks:  # NVML clocks and throttle reasons during every timed run
+            time_all("fp32", runners)
+            for b in batches:
+                log(f"timing PyTorch eager on {device} at batch {b}")
+                timings.append(time_torch(model, device, b, shape, settings))
+
+            prediction = None
+            if profile is not None:
+                if profile.batch not in batches:
+                    timings.append(time_torch(model, device, profile.batch, shape, settings))
+                prediction, pnotes = _prediction(net, profile, profile_path, timings, device)
+                warns += pnotes
+
+            if settings.precision == "int8":
+                log(f"quantising to int8 (static QDQ, {settings.calibration} calibration images)")
+                int8 = _quantize(net, bundle, staging, statuses, settings, device, threads, acc, time_all)
+                names.append(INT8_FILE)
+                if int8["warning"]:
+                    warns.append(int8["warning"])
+            elif settings.precision == "fp16":
+                log("converting to fp16 and checking it against the fp32 model")
+                fp16 = export_fp16(net, bundle, staging, statuses, settings, device, threads, acc, time_all)
+                names.append(FP16_FILE)
+                warns += fp16["warnings"]
+                notes += fp16["notes"]
         files = {n: (staging / n).stat().st_size for n in names}
-        if int8 is not None:
-            int8["bytes"] = files[INT8_FILE]
-            int8["size_ratio"] = files[INT8_FILE] / files[MODEL_FILE]
+        for extra, name in ((int8, INT8_FILE), (fp16, FP16_FILE)):
+            if extra is not None:
+                extra["bytes"] = files[name]
+                extra["size_ratio"] = files[name] / files[MODEL_FILE]
         report = ExportReport(
             name=net.name, out=out, source=net.source,
             network={"genotype": net.genotype.to_dict(), "genotype_name": net.source.get("genotype_name"),
                      "config": net.cfg.to_dict(), "classes": list(net.classes or ()), "mean": list(net.mean),
                      "std": list(net.std), "data": str(bundle.spec)},
             onnx=info, files=files, costs=_costs(net), parity=parity, accuracy=acc, providers=final_status,
-            timings=timings, timing_notes=notes, prediction=prediction, int8=int8,
-            environment={**environment(device), "load_average_before_timing": load_before},
+            timings=timings, timing_notes=notes, prediction=prediction, int8=int8, fp16=fp16,
+            session_parity=sessions,
+            environment={**environment(device, clocks), "load_average_before_timing": load_before,
+                         "verification": {"pytorch": "fp32 with TF32 off", "tf32_outside_verification": tf32_state()}},
             settings=settings, warnings=warns)
         doc = report.to_dict()
         write_json(staging / REPORT_JSON, FORMAT, VERSION, doc)

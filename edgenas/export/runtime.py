@@ -8,7 +8,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from edgenas.errors import EdgenasError, VerificationError
-from edgenas.export.settings import INPUT_NAME, OUTPUT_NAME, PROVIDERS, ExportSettings
+from edgenas.export.settings import INPUT_NAME, OUTPUT_NAME, PARITY_INPUTS, PROVIDERS, ExportSettings
 
 if TYPE_CHECKING:  # onnxruntime stays a lazy import at run time
     import onnxruntime as ort
@@ -104,6 +104,9 @@ class ProviderStatus:
     usable: bool
     reason: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    # GPU sessions: whether ORT placed some nodes on the CPU (None: not checked, or a CPU session)
+    cpu_fallback: bool | None = None
+    fallback_detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,13 +128,68 @@ def _preload_gpu_libraries() -> None:
             ort.preload_dlls()
 
 
-def _provider_options(key: str, device: torch.device) -> dict[str, Any]:
+def trt_cache_dir(setting: str = "") -> Path:
+    """Where TensorRT engines and timing caches are kept between runs: building an engine takes
+    seconds to minutes per model, precision and shape profile, so every probe and export would
+    otherwise rebuild it. ``setting`` (the --trt-cache option) wins over EDGENAS_TRT_CACHE, then the
+    user cache folder."""
+    if setting:
+        return Path(setting)
+    if os.environ.get("EDGENAS_TRT_CACHE"):
+        return Path(os.environ["EDGENAS_TRT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgenas" / "tensorrt"
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """TensorRT's optimisation profile for a dynamic batch axis: the batch sizes an engine accepts
+    (min, max) and the one its kernels are tuned for (opt)."""
+
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+    sample_shape: tuple[int, ...]
+
+    def option(self, batch: int) -> str:
+        return f"{INPUT_NAME}:" + "x".join(str(d) for d in (batch, *self.sample_shape))
+
+
+def provider_options(key: str, device: torch.device, *, fp16: bool = False, cache_dir: Path | None = None,
+                     profile: ShapeProfile | None = None) -> dict[str, Any]:
+    """Options of an execution provider, as ONNX Runtime's documentation names them.
+
+    CUDA: the device, and TF32 off so an fp32 model computes in fp32 (what it is checked against).
+    TensorRT: the device, fp16 kernels allowed for ``fp16``, engine and timing caches in
+    ``cache_dir``, and for a dynamic batch axis an explicit shape profile (without one TensorRT
+    builds a new engine whenever a batch exceeds the shapes it saw).
+    """
     index = device.index if device.type == "cuda" and device.index is not None else 0
     if key == "cuda":
-        return {"device_id": index}
+        return {"device_id": index, "use_tf32": 0}
+    if key != "tensorrt":
+        return {}
+    opts: dict[str, Any] = {"device_id": index, "trt_fp16_enable": fp16}
+    if cache_dir is not None:
+        opts.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                     "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)})
+    if profile is not None:
+        opts.update({"trt_profile_min_shapes": profile.option(profile.min_batch),
+                     "trt_profile_opt_shapes": profile.option(profile.opt_batch),
+                     "trt_profile_max_shapes": profile.option(profile.max_batch)})
+    return opts
+
+
+def provider_chain(key: str, options: dict[str, Any], device: torch.device, *,
+                   cpu: bool = True) -> list[Any]:
+    """The providers a session on ``key`` is given, in ORT's priority order: nodes TensorRT cannot
+    take run on CUDA, as ORT recommends; the CPU last (``cpu=False``: left out, for the fallback probe)."""
+    chain: list[Any] = [(PROVIDERS[key], options)]
     if key == "tensorrt":
-        return {"device_id": index, "trt_fp16_enable": False}
-    return {}
+        chain.append(("CUDAExecutionProvider", provider_options("cuda", device)))
+    if key != "cpu" and cpu:
+        chain.append("CPUExecutionProvider")
+    return chain
 
 
 def session_options(threads: int, *, spinning: bool = True) -> ort.SessionOptions:
@@ -151,41 +209,78 @@ def session_options(threads: int, *, spinning: bool = True) -> ort.SessionOption
 
 
 def open_session(model: str | Path | bytes, key: str, *, threads: int = 0, spinning: bool = True,
-                 device: torch.device = torch.device("cpu")) -> tuple[ort.InferenceSession | None, ProviderStatus]:
+                 device: torch.device = torch.device("cpu"), options: dict[str, Any] | None = None,
+                 check_fallback: bool = False) -> tuple[ort.InferenceSession | None, ProviderStatus]:
     """An ORT session on provider ``key``, or ``None`` with the reason it cannot run here.
 
     ``get_available_providers()`` only says a provider was compiled in (onnxruntime-gpu lists CUDA
     and TensorRT on a machine without a GPU); a provider counts as usable only if a session
-    actually runs on it.
+    actually runs on it. ``check_fallback``: also find out whether ORT put some of the model's
+    nodes on the CPU (:func:`cpu_fallback`), which the first provider of ``get_providers()`` hides.
     """
     import onnxruntime as ort
 
     name = PROVIDERS[key]
-    options = _provider_options(key, device)
+    options = provider_options(key, device) if options is None else options
     if name not in ort.get_available_providers():
         return None, ProviderStatus(key, name, False, f"not built into onnxruntime {ort.__version__} "
                                     "(install onnxruntime-gpu for CUDA/TensorRT)", options)
     if key != "cpu":
         _preload_gpu_libraries()
-    chain: list[Any] = [(name, options)]
-    if key == "tensorrt":  # nodes TensorRT cannot take run on CUDA, as ORT recommends
-        chain.append(("CUDAExecutionProvider", _provider_options("cuda", device)))
-    if key != "cpu":
-        chain.append("CPUExecutionProvider")
     so = session_options(threads, spinning=spinning)
     source = model if isinstance(model, bytes) else str(model)
+    session, error = _create(ort, source, so, provider_chain(key, options, device))
+    if session is not None and session.get_providers()[0] == name:
+        status = ProviderStatus(key, name, True, "", options)
+        if check_fallback and key != "cpu":
+            detail = cpu_fallback(source, key, options, device, threads)
+            status = replace(status, cpu_fallback=bool(detail),
+                             fallback_detail=detail or f"every node runs on {name}"
+                             + (" or CUDAExecutionProvider" if key == "tensorrt" else ""))
+        return session, status
+    detail = error or "onnxruntime fell back to the CPU"
+    if key != "cpu" and not torch.cuda.is_available():
+        detail = f"no CUDA GPU visible ({detail})"
+    return None, ProviderStatus(key, name, False, detail, options)
+
+
+def _create(ort: Any, source: str | bytes, so: ort.SessionOptions,
+            chain: list[Any]) -> tuple[ort.InferenceSession | None, str]:
+    """A session, or ``None`` and the most telling line of why not (ORT's own log included)."""
     session, error = None, ""
     with _captured_output() as log:
         try:
             session = ort.InferenceSession(source, so, providers=chain)
         except Exception as e:  # ORT raises plain RuntimeError/Fail subclasses
             error = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if session is not None and session.get_providers()[0] == name:
-        return session, ProviderStatus(key, name, True, "", options)
-    detail = _failure_reason(log()) or error or "onnxruntime fell back to the CPU"
-    if key != "cpu" and not torch.cuda.is_available():
-        detail = f"no CUDA GPU visible ({detail})"
-    return None, ProviderStatus(key, name, False, detail, options)
+    return session, (_failure_reason(log()) or error) if session is None or error else ""
+
+
+FALLBACK_KEY = "session.disable_cpu_ep_fallback"
+
+
+def no_fallback_options(threads: int) -> ort.SessionOptions:
+    """Session options under which ORT refuses to create a session that would run any node on the CPU."""
+    so = session_options(threads, spinning=False)
+    so.add_session_config_entry(FALLBACK_KEY, "1")
+    return so
+
+
+def cpu_fallback(source: str | bytes, key: str, options: dict[str, Any], device: torch.device,
+                 threads: int) -> str:
+    """Why some nodes of the model would run on the CPU in a ``key`` session ("" when none would).
+
+    ORT silently assigns nodes no GPU provider takes to its CPU provider; ``get_providers()`` still
+    lists the GPU first. A second session without the CPU provider and with
+    ``session.disable_cpu_ep_fallback`` set fails exactly when such nodes exist.
+    """
+    import onnxruntime as ort
+
+    session, error = _create(ort, source, no_fallback_options(threads),
+                             provider_chain(key, options, device, cpu=False))
+    if session is not None:
+        return ""
+    return error or "ORT assigned some nodes to the CPU execution provider"
 
 
 def _probe_model() -> bytes:
@@ -259,17 +354,46 @@ def reference_session(path: Path, threads: int) -> OrtModel:
     return OrtModel(session, status)
 
 
+def export_provider_options(key: str, settings: ExportSettings, device: torch.device,
+                            sample_shape: tuple[int, ...], *, fp16: bool = False) -> dict[str, Any]:
+    """Provider options of the export's sessions on the real model: TensorRT with its caches, fp16
+    when asked, and a shape profile covering every batch the export runs (1, --batch, the random
+    parity batch and the test-set batch) when the batch axis is dynamic."""
+    profile = None
+    if settings.dynamic_batch:
+        profile = ShapeProfile(1, settings.batch, max(settings.batch + 2, settings.eval_batch, PARITY_INPUTS),
+                               sample_shape)
+    cache = trt_cache_dir(settings.trt_cache) if key == "tensorrt" else None
+    return provider_options(key, device, fp16=fp16, cache_dir=cache, profile=profile)
+
+
 def timing_sessions(path: Path, statuses: Sequence[ProviderStatus], settings: ExportSettings,
-                    device: torch.device, threads: int) -> tuple[list[OrtModel], list[ProviderStatus]]:
+                    device: torch.device, threads: int, sample_shape: tuple[int, ...] = (), *,
+                    fp16: bool = False, keys: Sequence[str] | None = None) -> tuple[list[OrtModel], list[ProviderStatus]]:
     """A session per usable provider on the real model (the probe used a one-node model, and a
-    provider may still refuse this one: an error if it was asked for by name, a note otherwise)."""
+    provider may still refuse this one: an error if it was asked for by name, a note otherwise).
+
+    ``fp16``: TensorRT may build fp16 kernels. ``keys``: only these providers. Each GPU session is
+    checked for nodes placed on the CPU (``ProviderStatus.cpu_fallback``).
+    """
     runners: list[OrtModel] = []
     final: list[ProviderStatus] = []
     for s in statuses:
+        if keys is not None and s.key not in keys:
+            continue
         if not s.usable:
             final.append(s)
             continue
-        session, status = open_session(path, s.key, threads=threads, device=device)
+        options = export_provider_options(s.key, settings, device, sample_shape, fp16=fp16)
+        if s.key == "tensorrt":
+            cache = Path(options["trt_engine_cache_path"])
+            try:
+                cache.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EdgenasError(f"cannot create the TensorRT cache folder {cache}: {e.strerror or e}",
+                                   "give --trt-cache a writable folder") from None
+        session, status = open_session(path, s.key, threads=threads, device=device, options=options,
+                                       check_fallback=True)
         final.append(status)
         if session is not None:
             runners.append(OrtModel(session, status))

@@ -23,6 +23,46 @@ PROVIDERS: dict[str, str] = {
     "cpu": "CPUExecutionProvider",
 }
 QUANTIZE_MODES = ("int8",)
+FP16_FILE = "model_fp16.onnx"
+PARITY_INPUTS = 16  # random inputs every timed session is checked on
+# what is written beside the fp32 model (always written: it is the reference every other is checked against)
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a session's logits may stray from the fp32 CPU reference: ``atol + rtol * scale``,
+    ``scale`` being the largest |reference logit| (a relative bound suits reduced precisions, whose
+    error grows with the values)."""
+
+    atol: float
+    rtol: float = 0.0
+
+    def limit(self, scale: float) -> float:
+        return self.atol + self.rtol * scale
+
+
+# Bounds per (precision the session computes in, provider). fp32 on the CPU is the exact check.
+# fp32 on CUDA runs with TF32 off (provider option use_tf32=0) but other convolution algorithms
+# than the CPU's: summation order changes the last bits. TensorRT may pick TF32 kernels for fp32
+# layers (10-bit mantissa, ~1e-3 relative). fp16 keeps 11 significant bits per value and rounds
+# every layer's output: errors of about 1 % of the largest logit after a few dozen layers.
+TOLERANCES: dict[tuple[str, str], Tolerance] = {
+    ("fp32", "cpu"): Tolerance(FP32_ATOL),
+    ("fp32", "cuda"): Tolerance(1e-3),
+    ("fp32", "tensorrt"): Tolerance(1e-3, 1e-2),
+    ("fp16", "cpu"): Tolerance(1e-3, 2e-2),
+    ("fp16", "cuda"): Tolerance(1e-3, 2e-2),
+    ("fp16", "tensorrt"): Tolerance(1e-3, 2e-2),
+}
+
+
+def tolerance_for(precision: str, provider_key: str, fp32_atol: float = FP32_ATOL) -> Tolerance | None:
+    """The parity bound of a session, or ``None`` where logits are not compared value by value
+    (int8: judged by its accuracy drop instead)."""
+    if precision == "fp32" and provider_key == "cpu":
+        return Tolerance(fp32_atol)
+    return TOLERANCES.get((precision, provider_key))
 
 
 @dataclass(frozen=True)
@@ -34,7 +74,9 @@ class ExportSettings:
     dynamic_batch: bool = False
     providers: str = "auto"          # auto | comma list of tensorrt, cuda, cpu
     exporter: str = "torchscript"    # torchscript | dynamo
-    quantize: str | None = None      # None | int8
+    quantize: str | None = None      # None | int8 (the older spelling of precision="int8")
+    precision: str = "fp32"          # fp32 | fp16 | int8: the deployment model written beside the fp32 one
+    trt_cache: str = ""              # TensorRT engine and timing cache folder ("" = the user cache)
     calibration: int = 256           # training images for int8 calibration
     atol: float = FP32_ATOL
     random_batches: int = 8
@@ -64,6 +106,16 @@ class ExportSettings:
             raise EdgenasError(f"test subset {self.test_subset} is not positive", "give --test-subset 1 or more")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise EdgenasError(f"unknown quantisation {self.quantize!r}", f"use --quantize {'|'.join(QUANTIZE_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise EdgenasError(f"unknown precision {self.precision!r}", f"use --precision {'|'.join(PRECISIONS)}")
+        if self.quantize is not None and self.precision not in ("fp32", self.quantize):
+            raise EdgenasError(f"--quantize {self.quantize} contradicts --precision {self.precision}",
+                               f"give only --precision {self.quantize}")
+        # one spelling inside: --quantize int8 is --precision int8
+        if self.quantize is not None:
+            object.__setattr__(self, "precision", self.quantize)
+        elif self.precision in QUANTIZE_MODES:
+            object.__setattr__(self, "quantize", self.precision)
         parse_providers(self.providers)
 
     @property

@@ -1,4 +1,9 @@
-"""Does ONNX Runtime compute what PyTorch computes: logit parity and top-1 over the test set."""
+"""Does ONNX Runtime compute what PyTorch computes: logit parity and top-1 over the test set.
+
+The PyTorch reference runs in full fp32 (TF32 off on GPUs that have it, :func:`edgenas.device.full_fp32`):
+the ONNX model is fp32 and so is the CPU runtime it is checked on. Every timed session (each
+provider, each precision) is then checked against that fp32 CPU reference with a bound suited to
+the precision it computes in (:data:`edgenas.export.settings.TOLERANCES`)."""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+import numpy as np
 from torch import nn
 
+from edgenas.device import full_fp32
 from edgenas.errors import VerificationError
 from edgenas.export.runtime import OrtModel
-from edgenas.export.settings import ExportSettings
+from edgenas.export.settings import ExportSettings, Tolerance, tolerance_for
 from edgenas.export.trained import TrainedNet
 
 if TYPE_CHECKING:
@@ -88,7 +95,14 @@ def collect_logits(model: nn.Module | None, runners: Sequence[OrtModel], test: I
 
 def check_parity(model: nn.Module, runner: OrtModel, net: TrainedNet, settings: ExportSettings,
                  device: torch.device, test: ImageTensors) -> tuple[list[Parity], AccuracyCheck]:
-    """Random-input and test-set parity plus test accuracy through both runtimes."""
+    """Random-input and test-set parity plus test accuracy through both runtimes, PyTorch in full
+    fp32 (TF32 off for the check, restored after)."""
+    with full_fp32():
+        return _check_parity(model, runner, net, settings, device, test)
+
+
+def _check_parity(model: nn.Module, runner: OrtModel, net: TrainedNet, settings: ExportSettings,
+                  device: torch.device, test: ImageTensors) -> tuple[list[Parity], AccuracyCheck]:
     gen = torch.Generator().manual_seed(0)
     sizes = [settings.batch] * settings.random_batches
     if settings.dynamic_batch:  # a second batch size exercises the dynamic axis
@@ -123,3 +137,77 @@ def raise_if_failed(parities: Sequence[Parity], acc: AccuracyCheck) -> None:
             f"ONNX Runtime and PyTorch predict different classes for {acc.n - acc.agree} of {acc.n} test images "
             f"(top-1 {acc.ort_top1:.2f}% vs {acc.torch_top1:.2f}%)",
             "the exported model is not kept; report this with the checkpoint")
+
+
+@dataclass(frozen=True)
+class SessionParity:
+    """One timed session's logits against the fp32 CPU reference on the same inputs."""
+
+    provider: str
+    model: str          # fp32 | fp16 | int8: what the session computes in
+    n: int
+    max_abs_diff: float
+    limit: float | None  # None: not bounded value by value (int8: judged by accuracy)
+    tolerance: dict[str, float] | None
+    agree: int           # inputs whose top-1 class matches the reference's
+
+    @property
+    def passed(self) -> bool:
+        return self.limit is None or self.max_abs_diff <= self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "top1_agreement": 100.0 * self.agree / max(self.n, 1), "passed": self.passed}
+
+
+def parity_inputs(n: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Seeded N(0, 1) inputs (the scale of normalised images) for the per-session checks."""
+    return np.random.default_rng(1).standard_normal((n, *shape), dtype=np.float32)
+
+
+def session_parity(runner: OrtModel, model_kind: str, x: np.ndarray, want: np.ndarray,
+                   fp32_atol: float) -> SessionParity:
+    """Run ``runner`` on ``x`` and compare with the reference logits ``want`` within the bound of
+    its precision and provider (:func:`edgenas.export.settings.tolerance_for`)."""
+    got = np.asarray(runner.run(x), dtype=np.float32)
+    tol: Tolerance | None = tolerance_for(model_kind, runner.status.key, fp32_atol)
+    diff = float(np.abs(got - want).max()) if len(x) else 0.0
+    limit = tol.limit(float(np.abs(want).max())) if tol is not None and len(x) else None
+    agree = int((got.argmax(1) == want.argmax(1)).sum())
+    return SessionParity(runner.status.name, model_kind, len(x), diff, limit,
+                         asdict(tol) if tol is not None else None, agree)
+
+
+def raise_if_sessions_failed(checks: Sequence[SessionParity]) -> None:
+    for c in checks:
+        if not c.passed:
+            raise VerificationError(
+                f"{c.provider} running the {c.model} model disagrees with the fp32 CPU reference: max |logit "
+                f"difference| {c.max_abs_diff:.3g} exceeds its {c.model} bound {c.limit:.3g}",
+                "the exported models are not kept; time without this provider (--providers) and report this")
+
+
+@dataclass(frozen=True)
+class ReducedAccuracy:
+    """A reduced-precision session's top-1 over the test set, and its agreement with the fp32 model."""
+
+    provider: str
+    n: int
+    top1: float
+    fp32_top1: float
+    agree: int
+
+    @property
+    def agreement(self) -> float:
+        return 100.0 * self.agree / max(self.n, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "top1_agreement": self.agreement, "drop_points": self.fp32_top1 - self.top1}
+
+
+def reduced_accuracy(reference: OrtModel, runners: Sequence[OrtModel], test: ImageTensors,
+                     device: torch.device, eval_batch: int) -> list[ReducedAccuracy]:
+    """Top-1 of each runner over the test set, and how often it predicts the fp32 reference's class."""
+    _, (ref, *outs), labels = collect_logits(None, [reference, *runners], test, device, eval_batch)
+    ref_top1 = _top1(ref, labels) if len(labels) else 0.0
+    return [ReducedAccuracy(r.status.name, len(labels), _top1(o, labels) if len(labels) else 0.0, ref_top1,
+                            int((o.argmax(1) == ref.argmax(1)).sum())) for r, o in zip(runners, outs)]
