@@ -229,7 +229,8 @@ def open_session(model: str | Path | bytes, key: str, *, threads: int = 0, spinn
         _preload_gpu_libraries()
     so = session_options(threads, spinning=spinning)
     source = model if isinstance(model, bytes) else str(model)
-    session, error = _create(ort, source, so, provider_chain(key, options, device))
+    session, logged, error = _create(ort, source, so, provider_chain(key, options, device))
+    error = logged or error  # why a provider did not load says more than a later follow-on error
     if session is not None and session.get_providers()[0] == name:
         status = ProviderStatus(key, name, True, "", options)
         if check_fallback and key != "cpu":
@@ -245,15 +246,16 @@ def open_session(model: str | Path | bytes, key: str, *, threads: int = 0, spinn
 
 
 def _create(ort: Any, source: str | bytes, so: ort.SessionOptions,
-            chain: list[Any]) -> tuple[ort.InferenceSession | None, str]:
-    """A session, or ``None`` and the most telling line of why not (ORT's own log included)."""
+            chain: list[Any]) -> tuple[ort.InferenceSession | None, str, str]:
+    """A session (or ``None``), the most telling line of ORT's log about a provider, and the first
+    line of the exception creating the session raised ("" for none)."""
     session, error = None, ""
     with _captured_output() as log:
         try:
             session = ort.InferenceSession(source, so, providers=chain)
         except Exception as e:  # ORT raises plain RuntimeError/Fail subclasses
             error = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return session, (_failure_reason(log()) or error) if session is None or error else ""
+    return session, _failure_reason(log()), error
 
 
 FALLBACK_KEY = "session.disable_cpu_ep_fallback"
@@ -276,11 +278,11 @@ def cpu_fallback(source: str | bytes, key: str, options: dict[str, Any], device:
     """
     import onnxruntime as ort
 
-    session, error = _create(ort, source, no_fallback_options(threads),
-                             provider_chain(key, options, device, cpu=False))
+    session, logged, error = _create(ort, source, no_fallback_options(threads),
+                                     provider_chain(key, options, device, cpu=False))
     if session is not None:
         return ""
-    return error or "ORT assigned some nodes to the CPU execution provider"
+    return error or logged or "ORT assigned some nodes to the CPU execution provider"
 
 
 def _probe_model() -> bytes:
