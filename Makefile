@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make test   -> venv + packages, then the test suite
 #   make demo   -> venv + packages (+ Fashion-MNIST via apt when missing), then the demo chain
+#   make test-gpu -> every needs_cuda test (GPU suite; skipped with its reason where torch sees no GPU)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.edgenas-installed
 # torch/torchvision come from the machine's local wheel index (no multi-GB download).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test demo clean
+.PHONY: install test test-gpu demo clean
 
 install: $(STAMP)
 
@@ -21,6 +22,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# All collected and skipped (no GPU) exits 0; -rs lists each skip with its reason.
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m needs_cuda tests
 
 demo: $(STAMP)
 	DATA="$(DATA)" bash scripts/demo.sh $(BIN)
