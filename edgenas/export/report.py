@@ -203,11 +203,17 @@ def console_tables(doc: dict[str, Any]) -> list[Any]:
         q = doc["int8"]
         summary.add_row("int8 top-1", f"{q['top1']:.2f}% ({-q['drop_points']:+.2f} points vs fp32 ORT), "
                         f"{q['size_ratio']:.2f}x fp32 size")
+    for a in (doc.get("fp16") or {}).get("accuracy", []):
+        summary.add_row(f"fp16 top-1 [{a['provider'].removesuffix('ExecutionProvider')}]",
+                        f"{a['top1']:.2f}% ({-a['drop_points']:+.2f} points vs fp32), agreement "
+                        f"{a['top1_agreement']:.2f}% of {a['n']}")
     if doc["prediction"]:
         summary.add_row("profile prediction", describe_prediction(doc["prediction"]))
     for p in doc["providers"]:
         if not p["usable"]:
             summary.add_row(f"{p['key']} provider", f"unavailable: {p['reason']}")
+        elif p.get("cpu_fallback"):
+            summary.add_row(f"{p['key']} provider", f"some nodes on the CPU: {p['fallback_detail']}")
     timing = Table("runtime", "batch", "median ms", "p10", "p90", "n", "vs eager", title="inference time",
                    title_justify="left")
     ratio = {(s["runtime"], s["batch"]): s["ratio_to_eager"] for s in doc["speedup"]}
