@@ -73,6 +73,19 @@ def test_cli_refuses_an_unknown_precision_with_one_line(tiny_train_run: Path, tm
     assert r.exit_code == 2
     assert "unknown precision 'fp8'" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(app, ["export", str(tiny_train_run), "--out", str(tmp_path / "o"), "--precision", "fp16",
+                                 "--quantize", "int8"])
+    assert r.exit_code == 2 and "--quantize int8 contradicts --precision fp16" in r.output
+
+
+def test_cli_fp16_export_prints_one_json_document(tiny_train_run: Path, tmp_path: Path):
+    from edgenas.cli import app
+
+    r = CliRunner().invoke(app, ["export", str(tiny_train_run), "--out", str(tmp_path / "o"), "--precision", "fp16",
+                                 "--runs", "2", "--warmup", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["fp16"]["file"] == FP16_FILE and doc["settings"]["precision"] == "fp16"
 
 
 # --- provider options -----------------------------------------------------------------------------------

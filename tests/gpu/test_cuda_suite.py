@@ -147,7 +147,7 @@ def test_one_search_step_per_method_on_cuda(name, tmp_path, monkeypatch):
     def refuse(*_a, **_k):
         raise AssertionError("a CPU fast path ran on CUDA tensors")
 
-    for cls in ("_Depthwise", "_NormMix"):  # the CPU-only autograd functions must not run
+    for cls in ("_Depthwise", "_ChannelsLastBatchNorm", "_NormMix"):  # the CPU-only autograd functions
         monkeypatch.setattr(getattr(fast_cpu, cls), "apply", refuse)
     settings = {"partial_k": 2} if name in ("pc_darts", "adarts", "swd", "el_darts") else {}
     cfg = SearchConfig(epochs=1, warmup_epochs=0, batch_size=4, layers=3, channels=4, nodes=2, subset=8)
