@@ -285,7 +285,25 @@ def test_a_reduced_precision_profile_is_flagged_against_fp32_eager(tiny_train_ru
     net = load_trained(tiny_train_run)
     keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
     entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys]
-    for dtype, flagged in (("fp16", True), ("fp32", False)):
+    from edgenas.export import Timing
+
+    def eager(model: str, ms: float) -> Timing:
+        return Timing("pytorch-eager", model, None, "cpu", 1, TimingStats(ms, ms, ms, ms, 0.0, 3), 1)
+
+    fp32_only = [eager("fp32", 2.0)]
+    for dtype, timings, flagged, measured in (("fp16", fp32_only, True, 2.0), ("fp32", fp32_only, False, 2.0),
+                                              ("fp16", [*fp32_only, eager("fp16", 1.0)], False, 1.0)):
         prof = Profile("cpu-x", 1, dtype, "forward", {}, entries)
-        _, notes = _prediction(net, prof, "p.json", [], CPU)
+        pred, notes = _prediction(net, prof, "p.json", timings, CPU)
         assert any("across precisions" in n for n in notes) is flagged
+        assert pred["measured_ms"] == measured  # a profile's own precision is preferred when timed
+
+
+def test_eager_is_timed_in_the_asked_dtype_on_a_copy(tiny_train_run: Path):
+    from edgenas.export import load_trained, time_torch
+
+    net = load_trained(tiny_train_run)
+    model = net.model.eval()
+    t = time_torch(model, CPU, 1, net.cfg.input_shape, ExportSettings(**FAST), torch.bfloat16)
+    assert t.model == "bf16" and t.options["dtype"] == "bfloat16" and t.stats.median > 0
+    assert next(model.parameters()).dtype == torch.float32  # the exported model itself is untouched

@@ -41,7 +41,7 @@ class ExportReport:
 
     def speedups(self) -> list[dict[str, Any]]:
         """ORT time over PyTorch eager time at the same batch (below 1: ORT is faster)."""
-        eager = {t.batch: t for t in self.timings if t.runtime == "pytorch-eager"}
+        eager = {t.batch: t for t in self.timings if t.runtime == "pytorch-eager" and t.model == "fp32"}
         return [{"runtime": t.label, "batch": t.batch, "ratio_to_eager": t.stats.median / eager[t.batch].stats.median}
                 for t in self.timings if t.runtime == "onnxruntime" and t.batch in eager]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgenas.device import device_slug, environment, sample_clocks, tf32_state
+from edgenas.device import DTYPES, device_slug, environment, sample_clocks, tf32_state
 from edgenas.errors import EdgenasError
 from edgenas.export.onnx_export import export_onnx
 from edgenas.export.fp16 import export_fp16
@@ -72,7 +72,9 @@ def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: l
     from edgenas.costs import predict_latency
 
     pred = predict_latency(net.genotype, net.cfg, profile)
-    eager = next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch), None)
+    eager = next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch
+                  and t.model == profile.dtype), None)
+    eager = eager or next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch), None)
     measured = eager.stats.median if eager else None
     notes = []
     if profile.device != device_slug(device):
@@ -80,13 +82,14 @@ def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: l
                      f"{device_slug(device)}: the comparison is across devices")
     if profile.mode != "forward":
         notes.append(f"profile {profile_path} timed {profile.mode} passes; inference is a forward pass")
-    if profile.dtype != "fp32":
+    if eager is not None and profile.dtype != eager.model:
         notes.append(f"profile {profile_path} timed {profile.dtype} operators; the PyTorch eager time it is "
-                     "compared with ran in fp32: the comparison is across precisions")
+                     f"compared with ran in {eager.model}: the comparison is across precisions")
     rel = (pred.total_ms - measured) / measured if pred.total_ms is not None and measured else None
     return {"profile": profile_path, "device": profile.device, "batch": profile.batch, "mode": profile.mode,
             "dtype": profile.dtype, "predicted_ms": pred.total_ms, "found_ms": pred.found_ms,
-            "measured_ms": measured, "measured_by": f"pytorch-eager on {device}, batch {profile.batch}",
+            "measured_ms": measured,
+            "measured_by": f"pytorch-eager{' ' + eager.model if eager else ''} on {device}, batch {profile.batch}",
             "relative_error": rel, "missing": len(pred.missing), "covers": pred.covers}, notes
 
 
@@ -169,6 +172,10 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
             if profile is not None:
                 if profile.batch not in batches:
                     timings.append(time_torch(model, device, profile.batch, shape, settings))
+                if profile.dtype != "fp32" and device.type == "cuda":  # like for like: eager in its dtype
+                    log(f"timing PyTorch eager in {profile.dtype} at batch {profile.batch}, as the profile")
+                    timings.append(time_torch(model, device, profile.batch, shape, settings,
+                                              DTYPES[profile.dtype]))
                 prediction, pnotes = _prediction(net, profile, profile_path, timings, device)
                 warns += pnotes
 

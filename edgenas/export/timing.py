@@ -53,8 +53,13 @@ def time_ort(runner: OrtModel, model_kind: str, batch: int, shape: tuple[int, ..
 
 
 def time_torch(model: nn.Module, device: torch.device, batch: int, shape: tuple[int, ...],
-               settings: ExportSettings) -> Timing:
-    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).to(device)
+               settings: ExportSettings, dtype: torch.dtype = torch.float32) -> Timing:
+    """PyTorch eager time of ``model`` (fp32) or of a copy of it cast to ``dtype``."""
+    if dtype != torch.float32:
+        import copy
+
+        model = copy.deepcopy(model).to(dtype)
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).to(device, dtype)
 
     def call() -> None:
         with torch.no_grad():
@@ -62,6 +67,7 @@ def time_torch(model: nn.Module, device: torch.device, batch: int, shape: tuple[
 
     stats = benchmark(call, device, runs=settings.runs, max_seconds=settings.max_seconds,
                       min_warmup=min(3, settings.max_warmup), max_warmup=settings.max_warmup)
-    return Timing("pytorch-eager", "fp32", None, str(device), batch, stats,
+    kind = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    return Timing("pytorch-eager", kind, None, str(device), batch, stats,
                   torch.get_num_threads() if device.type == "cpu" else 0,
-                  {"no_grad": True, "memory_format": "contiguous (NCHW)", "dtype": "float32"})
+                  {"no_grad": True, "memory_format": "contiguous (NCHW)", "dtype": str(dtype).removeprefix("torch.")})
