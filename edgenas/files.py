@@ -6,6 +6,7 @@ turns any problem into an :class:`EdgenasError` naming the file, the field and t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -122,3 +123,138 @@ def ensure_writable(path: str | Path, what: str = "output") -> Path:
     os.close(fd)
     os.unlink(tmp)
     return path
+
+
+# --- run folders: an owner marker and a lock the OS releases ----------------------------------------
+
+RUN_MARKER = ".edgenas-run.json"
+RUN_LOCK = ".edgenas-run.lock"
+MARKER_FORMAT = "edgenas.run-folder"
+MARKER_VERSION = 1
+#: Leftovers of writes a kill interrupted: atomic_path's temps and ensure_writable's probes.
+_TEMP_GLOBS = (".*.tmp", ".*.probe")
+
+
+class RunFolderLock:
+    """The open lock file of a claimed run folder; the OS drops the lock when the process dies."""
+
+    def __init__(self, root: Path, fd: int, created: bool = False) -> None:
+        self.root, self._fd, self.created = root, fd, created
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> RunFolderLock:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is not None and self.created and not _visible_entries(self.root):
+            # the run failed before writing anything: leave no empty run folder behind
+            for name in (RUN_MARKER, RUN_LOCK):
+                (self.root / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
+        self.release()
+
+
+def _marker_kind(root: Path) -> str | None:
+    """The kind named by the folder's marker, or None when the folder has no marker."""
+    path = root / RUN_MARKER
+    if not path.exists():
+        return None
+    doc = read_json(path, MARKER_FORMAT, MARKER_VERSION, "run-folder marker")
+    return str(require(doc, "kind", str, path))
+
+
+def _owner_kind(root: Path, legacy: Callable[[Path], str | None] | None) -> str | None:
+    kind = _marker_kind(root)
+    if kind is None and legacy is not None:
+        kind = legacy(root)  # a run written before folders carried a marker
+    return kind
+
+
+def _visible_entries(root: Path) -> list[str]:
+    leftovers = {p.name for g in _TEMP_GLOBS for p in root.glob(g)}
+    return sorted(p.name for p in root.iterdir() if p.name not in leftovers | {RUN_MARKER, RUN_LOCK})
+
+
+def _lock(root: Path, kind: str) -> RunFolderLock:
+    import fcntl
+
+    fd = os.open(root / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise EdgenasError(f"run folder {root} is in use by another edgenas {kind} (pid {holder})",
+                           "wait for it to finish, or choose another --out folder") from None
+    # The pid is only for the message above; the lock itself is the flock, never the file's content.
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode("ascii"))
+    return RunFolderLock(root, fd)
+
+
+def remove_leftover_temps(root: Path) -> list[Path]:
+    """Delete temp files that killed writes left in ``root`` and its plain subfolders (not in
+    nested run folders: those clean themselves when their own run claims them)."""
+    removed: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        for g in _TEMP_GLOBS:
+            for p in folder.glob(g):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        stack.extend(d for d in folder.iterdir() if d.is_dir() and not (d / RUN_MARKER).exists())
+    return removed
+
+
+def claim_run_folder(root: str | Path, kind: str, *,
+                     legacy: Callable[[Path], str | None] | None = None) -> RunFolderLock:
+    """Make ``root`` this process's ``kind`` run folder for as long as the returned lock is held.
+
+    An empty or missing folder is created and marked; a folder marked (or, via ``legacy``,
+    recognised) as a ``kind`` run is taken over; any other non-empty folder is refused, so a run
+    never mixes its files with the user's or another run's. The lock is an ``flock``: a second
+    live writer is refused, and a killed one leaves nothing stale. Leftover temp files of killed
+    writes are removed once the lock is held.
+    """
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise EdgenasError(f"run folder {root} is a file", "choose another --out folder")
+    try:
+        created = not root.exists() or not any(root.iterdir())
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgenasError(f"cannot create run folder {root}: {e.strerror or e}",
+                           "choose a writable --out folder") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise EdgenasError(f"cannot write in run folder {root}: permission denied", "choose a writable --out folder")
+    owner = _owner_kind(root, legacy)
+    if owner is not None and owner != kind:
+        raise EdgenasError(f"{root} is the folder of a {owner} run, not of a {kind} run",
+                           f"pass the folder of a {kind} run, or choose another --out folder")
+    if owner is None:
+        entries = _visible_entries(root)
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise EdgenasError(f"{root} is not empty and is not an edgenas run folder (it holds {shown})",
+                               "choose a new or empty --out folder; edgenas never writes over other files")
+    lock = _lock(root, kind)
+    lock.created = created
+    try:
+        if owner is None:
+            write_json(root / RUN_MARKER, MARKER_FORMAT, MARKER_VERSION, {"kind": kind})
+        remove_leftover_temps(root)
+    except BaseException:
+        lock.release()
+        raise
+    return lock

@@ -15,6 +15,7 @@ The loop itself (checkpoint every epoch, exact resume, history, progress) is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from edgenas.runs import (
     Precision,
     RunDir,
     RunningMean,
+    dist_from_env,
     evaluate,
     init_distributed,
     load_checkpoint,
@@ -151,8 +153,17 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
     """Train ``genotype`` on ``data`` into the run folder ``out``; returns the history and best epoch.
 
     ``stop_after`` ends this call after that many epochs (the checkpoint lets ``resume`` finish the
-    run with the same result as an uninterrupted one).
+    run with the same result as an uninterrupted one). The writing process owns ``out`` (marker and
+    lock) for the whole call.
     """
+    owner = RunDir(Path(out)).claim("train") if dist_from_env().main else contextlib.nullcontext()
+    with owner:
+        return _train(genotype, cfg, data, out=out, device=device, resume=resume, stop_after=stop_after,
+                      quiet=quiet, download=download, genotype_name=genotype_name)
+
+
+def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, device: torch.device,
+           resume: bool, stop_after: int | None, quiet: bool, download: bool, genotype_name: str) -> TrainResult:
     from edgenas.costs import count_params
 
     spec = parse_data_spec(data)

@@ -38,6 +38,7 @@ from edgenas.runs import (
     LoopResult,
     RunDir,
     RunningMean,
+    dist_from_env,
     load_checkpoint,
     run_epochs,
     seed_everything,
@@ -274,7 +275,18 @@ def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: s
     ``penalties`` add terms to the architecture loss, ``deriver`` replaces the unconstrained
     derivation (both hooks for budgets). ``stop_after`` ends this call after that many epochs, as
     an interruption would; ``resume`` continues from the last checkpoint to the same result.
+    The writing process owns ``out`` (marker and lock) for the whole call.
     """
+    owner = RunDir(Path(out)).claim("search") if dist_from_env().main else contextlib.nullcontext()
+    with owner:
+        return _search(method, space, cfg, data, out=out, device=device, resume=resume, stop_after=stop_after,
+                       quiet=quiet, penalties=penalties, deriver=deriver, space_source=space_source)
+
+
+def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: str, *, out: str | Path,
+            device: torch.device, resume: bool, stop_after: int | None, quiet: bool,
+            penalties: Mapping[str, ArchPenalty] | None, deriver: Deriver | None,
+            space_source: str | None) -> SearchResult:
     space = method.resolve_space(space)
     spec = parse_data_spec(data)
     layers = cfg.layers or method.default_layers
