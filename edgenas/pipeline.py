@@ -30,11 +30,14 @@ import torch
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, write_json
+from edgenas.values import check_seed, conform, field_types
 
 STAGES = ("profile", "prune", "search", "train", "export", "report")
 CONFIG_FORMAT = "edgenas.pipeline-config"
 STAGES_FORMAT = "edgenas.pipeline-stages"
 VERSION = 1
+#: The top-level keys of a run's TOML file and their types.
+TOP_LEVEL: dict[str, type] = {"data": str, "method": str, "device": str, "seed": int}
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,11 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(table) - fields)
     if unknown:
         raise EdgenasError(f"{where}: unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(fields))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    types = field_types(cls)
     try:
-        return cls(**values)
-    except TypeError as e:
-        raise EdgenasError(f"{where}: {e}", "fix the value's type") from None
+        return cls(**{k: conform(v, types[k], k) for k, v in table.items()})
+    except EdgenasError as e:  # say which file and table the value came from
+        raise EdgenasError(f"{where}: {e.message}", e.hint) from None
 
 
 def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +113,10 @@ def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
 
     out = dict(table)
     if out.get("mac_budget") is not None:
-        out["mac_budget"] = parse_count(out["mac_budget"], "MAC budget")
+        out["mac_budget"] = parse_count(out["mac_budget"], "mac_budget")
     if "latency_budget" in out:
         value = out.pop("latency_budget")
-        out["latency_budget_ms"] = None if value is None else parse_latency(value)
+        out["latency_budget_ms"] = None if value is None else parse_latency(value, "latency_budget")
     return out
 
 
@@ -141,14 +144,23 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> Pipeli
     for key in ("mac_budget", "latency_budget"):
         if overrides.get(key) is not None:
             budget[key] = overrides[key]
-    tables["budget"] = _budget_values(budget)
-    known = {"data", "method", "device", "seed"}
+    try:
+        tables["budget"] = _budget_values(budget)
+    except EdgenasError as e:
+        raise EdgenasError(f"{where} [budget]: {e.message}", e.hint) from None
+    known = set(TOP_LEVEL)
     unknown = sorted(set(top) - known) + sorted(set(tables) - set(_section_types()) - {"method_settings"})
     if unknown:
         raise EdgenasError(f"{where}: unknown key or table {unknown[0]!r}",
                            f"top-level keys: {', '.join(sorted(known))}; tables: "
                            f"{', '.join([*_section_types(), 'method_settings'])}")
-    seed = int(top.get("seed", 0))
+    try:
+        for key, hint in TOP_LEVEL.items():
+            if key in top:
+                top[key] = conform(top[key], hint, key)
+        seed = check_seed(top.get("seed", 0))
+    except EdgenasError as e:
+        raise EdgenasError(f"{where}: {e.message}", e.hint) from None
     sections = {}
     for name, cls in _section_types().items():
         table = dict(tables.get(name, {}))

@@ -33,6 +33,7 @@ from torch import nn
 
 from edgenas.device import keep_cpu_memory
 from edgenas.errors import EdgenasError
+from edgenas.values import check_seed
 from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, read_json, write_json, write_text_atomic
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
@@ -45,6 +46,7 @@ RUN_VERSION = 1
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and every CUDA device), numpy and Python's ``random``."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices

@@ -27,6 +27,7 @@ from edgenas.data import DataBundle, describe, load_data, make_loader, parse_dat
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
+from edgenas.values import check_number, finite_fields
 from edgenas.runs import (
     BestRule,
     History,
@@ -73,6 +74,12 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on (measured faster on CUDA and on the CPU)
 
     def __post_init__(self) -> None:
+        finite_fields(self)
+        check_number(self.momentum, "--momentum", minimum=0, below=1)
+        if self.auxiliary_weight > 0 and self.batch_size < 2:
+            # the auxiliary head pools to 1x1 before a BatchNorm, which needs two samples to train
+            raise EdgenasError(f"--batch-size {self.batch_size} is too small for the auxiliary head's BatchNorm",
+                               "use --batch-size 2 or more, or --auxiliary-weight 0 (no auxiliary head)")
         checks = [("epochs", self.epochs >= 1), ("batch size", self.batch_size >= 1), ("lr", self.lr > 0),
                   ("channels", self.channels >= 1), ("layers", self.layers >= 1),
                   ("auxiliary weight", self.auxiliary_weight >= 0), ("grad clip", self.grad_clip > 0),
