@@ -59,10 +59,12 @@ def write_json(path: str | Path, fmt: str, version: int, payload: dict[str, Any]
     return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+def read_json(path: str | Path, fmt: str, version: int, what: str, *,
+              header_optional: bool = False) -> dict[str, Any]:
     """Read a JSON object written by :func:`write_json`, checking its format and version.
 
     ``what`` names the kind of file in messages ("profile", "search space", ...).
+    ``header_optional`` accepts a file with neither field (written by hand); one present is checked.
     """
     path = Path(path)
     if not path.exists():
@@ -80,10 +82,13 @@ def read_json(path: str | Path, fmt: str, version: int, what: str) -> dict[str, 
         ) from None
     if not isinstance(doc, dict):
         raise EdgenasError(f"{what} file {path} does not hold a JSON object", f"pass a {fmt} file")
+    if header_optional and "format" not in doc and "version" not in doc:
+        return doc
     if doc.get("format") != fmt:
         raise EdgenasError(
             f"{path}: field 'format' is {doc.get('format')!r}, expected {fmt!r}",
-            f"pass a {what} file written by edgenas",
+            f"pass a {what} file written by edgenas, or add \"format\": \"{fmt}\", \"version\": {version} "
+            "to a hand-made one",
         )
     if doc.get("version") != version:
         raise EdgenasError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Union
 
 from edgenas.errors import EdgenasError
@@ -114,3 +115,36 @@ def finite_fields(config: Any) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             flag = "--" + f.name.replace("_", "-")
             raise EdgenasError(f"{flag} must be finite, got {value}", f"give {flag} a finite value")
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """One numeric field of a file's record and its bounds (see :func:`check_number`). ``path``
+    is dotted for nested objects (``latency_ms.median``); a rule table is a tuple of these."""
+
+    path: str
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None
+    integer: bool = False
+    required: bool = True
+
+
+def check_record(record: dict[str, Any], rules: tuple[FieldRule, ...], where: str, fix: str) -> None:
+    """Check every rule's field of ``record``; a failure names ``where``, the field and ``fix``."""
+    for rule in rules:
+        value: Any = record
+        for part in rule.path.split("."):
+            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            if rule.required:
+                raise EdgenasError(f"{where}: field {rule.path!r} is missing", fix)
+            continue
+        try:
+            check_number(value, rule.path, minimum=rule.minimum, maximum=rule.maximum, above=rule.above,
+                         integer=rule.integer)
+        except EdgenasError as e:
+            raise EdgenasError(f"{where}: {e.message}", fix) from None
+
+
+_MISSING = object()
