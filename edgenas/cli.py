@@ -232,6 +232,9 @@ def prune_cmd(
     from edgenas.profiling import Profile
     from edgenas.space import PruneConfig, prune
 
+    from edgenas.files import ensure_writable
+
+    ensure_writable(out, "search space")
     prof = Profile.load(profile)
     config = PruneConfig(tuple(_op_list(keep)), tuple(_op_list(drop)), max_latency_ratio)
     space = prune(prof, config, source=str(profile))

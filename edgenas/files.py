@@ -22,6 +22,8 @@ from edgenas.errors import EdgenasError
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        raise EdgenasError(f"cannot write {path}: it is a directory", "pass a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,7 +39,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:  # e.g. a directory appeared at the path meanwhile
+            raise EdgenasError(f"cannot write {path}: {e.strerror or e}", "choose a writable output path") from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -25,6 +25,7 @@ network pays; ``train`` times forward+backward of the module as the search super
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -406,6 +407,32 @@ def _measure(
     return stats, memory, kind
 
 
+#: Activations an operator keeps alive, in input-sized tensors: a separable convolution holds about
+#: eight in a forward pass (ReLU, two depthwise/pointwise pairs, two BatchNorms); training keeps
+#: them for backward and adds as many gradients.
+ACTIVATION_COPIES = {"forward": 8, "train": 16}
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` right now."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_fits(keys: Sequence[ShapeKey], device: torch.device, *, batch: int, itemsize: int, mode: str) -> None:
+    """Refuse, before measuring anything, a shape whose activations cannot fit in free memory:
+    the allocation would fail mid-run (or the OS would kill the process)."""
+    free = available_memory(device)
+    for k in sorted(keys, key=lambda k: -k.C * k.H * k.W):
+        need = batch * k.C * k.H * k.W * itemsize * ACTIVATION_COPIES[mode]
+        if need > free:
+            raise EdgenasError(f"shape {k.shape} at batch {batch} needs about {need / 2**30:,.1f} GiB of activations "
+                               f"({device} has {free / 2**30:,.1f} GiB free)",
+                               "profile smaller shapes or a smaller --batch")
+        return  # the largest fits, so every smaller one does
+
+
 def measure_entries(
     keys: Sequence[ShapeKey],
     device: torch.device,
@@ -424,6 +451,7 @@ def measure_entries(
     torch_dtype = resolve_dtype(dtype)
     for k in keys:  # fail on bad input before spending a minute measuring
         _check_key(k)
+    check_fits(keys, device, batch=batch, itemsize=torch.empty((), dtype=torch_dtype).element_size(), mode=mode)
     costs = {k: _costs(k, mode) for k in keys}
     if device.type == "cpu" and settings.keep_cpu_memory:
         keep_cpu_memory()

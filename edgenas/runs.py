@@ -119,7 +119,7 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
                            f"{CHECKPOINT_VERSION}", "restart the run with this edgenas version")
     config = doc.get("config", {})
     for key, want in (expect or {}).items():
-        diff = _first_difference(_canonical(config.get(key, "<absent>")), _canonical(want), key)
+        diff = first_difference(canonical(config.get(key, "<absent>")), canonical(want), key)
         if diff is not None:
             where, have, asked = diff
             raise EdgenasError(
@@ -130,24 +130,24 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
     return doc
 
 
-def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
+def first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
     """The first leaf where two JSON values differ, as (dotted path, a's value, b's value)."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")
+            d = first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")
             if d is not None:
                 return d
         return None
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            d = _first_difference(x, y, f"{where}[{i}]")
+            d = first_difference(x, y, f"{where}[{i}]")
             if d is not None:
                 return d
         return None
     return None if a == b else (where, a, b)
 
 
-def _canonical(value: Any) -> Any:
+def canonical(value: Any) -> Any:
     """JSON round trip so tuples and lists (and int/float keys) compare as they are stored."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
