@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,8 +149,10 @@ _TEMP_GLOBS = (".*.tmp", ".*.probe")
 class RunFolderLock:
     """The open lock file of a claimed run folder; the OS drops the lock when the process dies."""
 
-    def __init__(self, root: Path, fd: int, created: bool = False) -> None:
+    def __init__(self, root: Path, fd: int, created: bool = False,
+                 worth_keeping: Callable[[Path], bool] | None = None) -> None:
         self.root, self._fd, self.created = root, fd, created
+        self.worth_keeping = worth_keeping or (lambda _root: False)
 
     @property
     def held(self) -> bool:
@@ -164,12 +167,10 @@ class RunFolderLock:
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        if exc_type is not None and self.created and not _visible_entries(self.root):
-            # the run failed before writing anything: leave no empty run folder behind
-            for name in (RUN_MARKER, RUN_LOCK):
-                (self.root / name).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.root.rmdir()
+        if exc_type is not None and self.created and not self.worth_keeping(self.root):
+            # A run that failed before producing anything to continue from leaves no folder behind.
+            # The folder was empty when claimed and the lock is still held, so all in it is ours.
+            shutil.rmtree(self.root, ignore_errors=True)
         self.release()
 
 
@@ -227,15 +228,17 @@ def remove_leftover_temps(root: Path) -> list[Path]:
     return removed
 
 
-def claim_run_folder(root: str | Path, kind: str, *,
-                     legacy: Callable[[Path], str | None] | None = None) -> RunFolderLock:
+def claim_run_folder(root: str | Path, kind: str, *, legacy: Callable[[Path], str | None] | None = None,
+                     worth_keeping: Callable[[Path], bool] | None = None) -> RunFolderLock:
     """Make ``root`` this process's ``kind`` run folder for as long as the returned lock is held.
 
     An empty or missing folder is created and marked; a folder marked (or, via ``legacy``,
     recognised) as a ``kind`` run is taken over; any other non-empty folder is refused, so a run
     never mixes its files with the user's or another run's. The lock is an ``flock``: a second
     live writer is refused, and a killed one leaves nothing stale. Leftover temp files of killed
-    writes are removed once the lock is held.
+    writes are removed once the lock is held. Used as a context manager, a folder this call
+    created is removed again if the block fails before ``worth_keeping(root)`` holds (e.g. before
+    a first checkpoint).
     """
     root = Path(root)
     if root.exists() and not root.is_dir():
@@ -259,7 +262,7 @@ def claim_run_folder(root: str | Path, kind: str, *,
             raise EdgenasError(f"{root} is not empty and is not an edgenas run folder (it holds {shown})",
                                "choose a new or empty --out folder; edgenas never writes over other files")
     lock = _lock(root, kind)
-    lock.created = created
+    lock.created, lock.worth_keeping = created, worth_keeping or lock.worth_keeping
     try:
         if owner is None:
             write_json(root / RUN_MARKER, MARKER_FORMAT, MARKER_VERSION, {"kind": kind})

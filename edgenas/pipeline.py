@@ -287,7 +287,8 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
     from edgenas.files import claim_run_folder
 
     out = Path(out)
-    with claim_run_folder(out, "pipeline", legacy=_legacy_kind):
+    with claim_run_folder(out, "pipeline", legacy=_legacy_kind,
+                          worth_keeping=lambda root: (root / "stages.json").exists()):
         check_stages(cfg, device)
         return _run(cfg, out, device=device, resume=resume, quiet=quiet, log=log,
                     stop_after_stage=stop_after_stage, stop_after_epochs=stop_after_epochs)
@@ -325,6 +326,7 @@ def _run(cfg: PipelineConfig, out: Path, *, device: torch.device, resume: bool, 
             log(f"[{stage}] done already, skipped")
             continue
         log(f"[{stage}] running")
+        state.write()  # from here on the folder holds work a rerun continues from
         try:
             finished = getattr(stages, stage)()
         except EdgenasError:

@@ -232,7 +232,8 @@ class RunDir:
     def claim(self, kind: str) -> RunFolderLock:
         """Own the folder for this process's ``kind`` run (see :func:`edgenas.files.claim_run_folder`);
         call on the writing rank only, before any data is loaded."""
-        return claim_run_folder(self.root, kind, legacy=_legacy_kind)
+        return claim_run_folder(self.root, kind, legacy=_legacy_kind,
+                                worth_keeping=lambda root: (root / "last.pt").exists())
 
     def write_config(self, kind: str, config: Mapping[str, Any]) -> Path:
         return write_json(self.config, RUN_FORMAT, RUN_VERSION, {"kind": kind, "config": dict(config)})
