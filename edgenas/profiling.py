@@ -48,7 +48,7 @@ from edgenas.device import (
 )
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
-from edgenas.values import FieldRule, check_record
+from edgenas.values import FieldRule, check_record, finite_fields
 from edgenas.ops import DARTS_OPS, OPS, get_op
 
 PROFILE_FORMAT = "edgenas.profile"
@@ -167,6 +167,7 @@ class ProfileSettings:
     keep_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
+        finite_fields(self)
         if self.runs < 1 or self.min_warmup < 0 or self.max_warmup < self.min_warmup:
             raise EdgenasError(
                 f"bad run counts: runs={self.runs}, warm-up {self.min_warmup}..{self.max_warmup}",

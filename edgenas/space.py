@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
+from edgenas.values import check_number
 from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS
 
 if TYPE_CHECKING:
@@ -204,9 +205,8 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
     both = sorted(set(config.keep) & set(config.drop))
     if both:
         raise EdgenasError(f"{', '.join(both)} both kept and dropped", "name an op in --keep or --drop, not both")
-    if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
-        raise EdgenasError(f"--max-latency-ratio must be positive, got {config.max_latency_ratio}",
-                           "pass e.g. --max-latency-ratio 3")
+    if config.max_latency_ratio is not None:
+        check_number(config.max_latency_ratio, "--max-latency-ratio", above=0, hint="pass e.g. --max-latency-ratio 3")
 
     # shapes every op was measured at, so sums compare like with like
     shapes = [s for s in profile.shapes()

@@ -27,7 +27,7 @@ from edgenas.data import DataBundle, describe, load_data, make_loader, parse_dat
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
-from edgenas.values import check_number, finite_fields
+from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     BestRule,
     History,
@@ -75,6 +75,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         finite_fields(self)
+        check_seed(self.seed, "--seed")
         check_number(self.momentum, "--momentum", minimum=0, below=1)
         if self.auxiliary_weight > 0 and self.batch_size < 2:
             # the auxiliary head pools to 1x1 before a BatchNorm, which needs two samples to train

@@ -33,13 +33,18 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, maximum
               (above, lambda v, b: v > b, ">"), (below, lambda v, b: v < b, "<")]
     for bound, ok, sign in limits:
         if bound is not None and not ok(value, bound):
-            raise EdgenasError(f"{name} {value:g} is out of range: it must be {sign} {bound:g}",
-                               hint or f"give {name} a value {sign} {bound:g}")
+            raise EdgenasError(f"{name} {_num(value)} is out of range: it must be {sign} {_num(bound)}",
+                               hint or f"give {name} a value {sign} {_num(bound)}")
     return value
 
 
 _NAMES = {bool: ("true or false", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
           str: ("a string", "strings")}
+
+
+def _num(value: float) -> str:
+    """Integers exactly (a seed's bound is 9223372036854775807, not 9.22e+18), other numbers short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _describe(hint: Any) -> str:

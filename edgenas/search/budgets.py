@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from edgenas.errors import EdgenasError
-from edgenas.values import MAX_MAGNITUDE, check_number
+from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
 
@@ -394,6 +394,10 @@ class BudgetSpec:
     budget_batch: int = 1           # latency budgets are per batch of this size
     weight: float = 1.0             # search-time penalty weight
     profile_missing: bool = False   # measure shapes the profile lacks instead of refusing
+
+    def __post_init__(self) -> None:
+        check_number(self.weight, "--budget-weight", minimum=0)
+        finite_fields(self)
 
     @property
     def active(self) -> bool:

@@ -32,7 +32,7 @@ from edgenas.data import describe, load_data, make_loader, parse_data_spec, sear
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
 from edgenas.ops import get_op
-from edgenas.values import check_number, finite_fields
+from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     History,
     LoopProgress,
@@ -91,6 +91,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
         finite_fields(self)
+        check_seed(self.seed, "--seed")
         check_number(self.momentum, "momentum", minimum=0, below=1)
         for i, beta in enumerate(self.arch_betas):
             check_number(beta, f"arch_betas[{i}]", minimum=0, below=1)
