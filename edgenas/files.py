@@ -6,7 +6,6 @@ turns any problem into an :class:`EdgenasError` naming the file, the field and t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from edgenas import __version__
 from edgenas.errors import EdgenasError
 
 
@@ -265,7 +265,8 @@ def claim_run_folder(root: str | Path, kind: str, *, legacy: Callable[[Path], st
     lock.created, lock.worth_keeping = created, worth_keeping or lock.worth_keeping
     try:
         if owner is None:
-            write_json(root / RUN_MARKER, MARKER_FORMAT, MARKER_VERSION, {"kind": kind})
+            write_json(root / RUN_MARKER, MARKER_FORMAT, MARKER_VERSION,
+                       {"kind": kind, "made_by": f"edgenas {__version__}"})
         remove_leftover_temps(root)
     except BaseException:
         lock.release()

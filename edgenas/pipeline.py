@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from edgenas.errors import EdgenasError
-from edgenas.files import read_json, write_json
+from edgenas.files import claim_run_folder, read_json, write_json
 from edgenas.values import check_seed, conform, field_types
 
 STAGES = ("profile", "prune", "search", "train", "export", "report")
@@ -284,8 +284,6 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
                  stop_after_stage: str | None = None, stop_after_epochs: int | None = None) -> RunResult:
     """Run every stage into ``out``. ``stop_after_stage``/``stop_after_epochs`` end the call early,
     as an interruption would (for tests of ``resume``)."""
-    from edgenas.files import claim_run_folder
-
     out = Path(out)
     with claim_run_folder(out, "pipeline", legacy=_legacy_kind,
                           worth_keeping=lambda root: (root / "stages.json").exists()):

@@ -415,7 +415,7 @@ def test_a_best_pt_left_stale_by_a_kill_is_repaired_on_resume(tmp_path):
 
 def test_best_pt_is_written_before_last_pt(tmp_path, monkeypatch):
     """A kill between the two writes must leave last.pt naming a best that best.pt holds."""
-    import edgenas.runs as runs
+    from edgenas import runs
 
     order: list[str] = []
     real = runs.save_checkpoint
