@@ -186,6 +186,10 @@ def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, 
         raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {dist_info.world} processes",
                            f"use a --batch-size divisible by {dist_info.world}")
     per_rank_batch = cfg.batch_size // dist_info.world
+    if cfg.auxiliary_weight > 0 and per_rank_batch < 2:
+        raise EdgenasError(f"batch size {cfg.batch_size} over {dist_info.world} processes leaves one image per "
+                           "process, too few for the auxiliary head's BatchNorm",
+                           f"use --batch-size {2 * dist_info.world} or more, or --auxiliary-weight 0")
     def load(fetch: bool) -> DataBundle:
         return load_data(spec, subset=cfg.subset, test_subset=cfg.test_subset, cutout=cfg.cutout, download=fetch,
                          channels=cfg.in_channels, seed=cfg.seed)

@@ -212,6 +212,10 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "--seed -3 is out of range"),
     ("toml-type/arch-betas-length", lambda t: ["run", "--config", toml(t, "[search]\narch_betas = [0.5]")],
      "arch_betas = [0.5] should be a list of 2 values"),
+    ("out-of-memory/search-channels", lambda t: ["search", *TINY_SEARCH, "--channels", "1000000", "--out", t / "r"],
+     "out of memory: could not allocate"),
+    ("out-of-memory/inspect-channels", lambda t: ["inspect", "DARTS_V2", "--channels", "10000000"],
+     "out of memory: could not allocate"),
     # 6. `edgenas run` checks every stage before the first
     ("run-early/unknown-method", lambda t: ["run", "--config", toml(t, PIPE), "--method", "nope", "--out", t / "r"],
      "nope"),
