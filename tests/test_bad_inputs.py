@@ -216,6 +216,9 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
      "out of memory: could not allocate"),
     ("out-of-memory/inspect-channels", lambda t: ["inspect", "DARTS_V2", "--channels", "10000000"],
      "out of memory: could not allocate"),
+    ("toml-type/method-setting-string", lambda t: ["run", "--config", toml(t, 'method = "pc_darts"\n'
+                                                                          '[method_settings]\npartial_k = "4"')],
+     'pc_darts setting partial_k = "4" should be an integer'),
     # 6. `edgenas run` checks every stage before the first
     ("run-early/unknown-method", lambda t: ["run", "--config", toml(t, PIPE), "--method", "nope", "--out", t / "r"],
      "nope"),
