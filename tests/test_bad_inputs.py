@@ -445,7 +445,29 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 def test_search_stops_on_a_diverged_loss(tmp_path):
     r = run("search", *TINY_SEARCH, "--lr", "1e30", "--out", tmp_path / "r")
     assert_clean_failure(r, "diverged")
-    assert not (tmp_path / "r" / "genotype.json").exists()
+    assert not (tmp_path / "r").exists()  # no epoch finished: nothing to keep
+
+
+def test_search_diverging_after_a_good_epoch_keeps_that_epoch_only(tmp_path, monkeypatch):
+    from edgenas.runs import load_checkpoint
+    from edgenas.search import loop
+
+    real = loop.BilevelStep.weight_step
+    calls = {"n": 0}
+
+    def diverge_in_epoch_two(self, x, y):
+        logits, loss = real(self, x, y)
+        calls["n"] += 1
+        return logits, loss * math.nan if calls["n"] > steps_per_epoch else loss
+
+    steps_per_epoch = 2  # synthetic:64, half of it for the weights, batch 16
+    monkeypatch.setattr(loop.BilevelStep, "weight_step", diverge_in_epoch_two)
+    out = tmp_path / "r"
+    r = run("search", *[a if a != "1" else "3" for a in TINY_SEARCH], "--out", out)
+    assert_clean_failure(r, "search stopped in epoch 2: train_loss is nan", "keeps epoch 1")
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0
+    assert sorted(p.name for p in (out / "genotypes").iterdir()) == ["epoch_001.json"]
+    assert not (out / "genotype.json").exists()
 
 
 # --- 6. a corrected rerun of `edgenas run` continues ---------------------------------------------

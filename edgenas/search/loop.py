@@ -19,6 +19,7 @@ added in :meth:`BilevelStep.arch_step`, the one place the architecture loss is f
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -369,8 +370,10 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
                 for name, p in step.penalties.items():
                     term, value = p.penalty(relaxed, edge_w)
                     penalty_log[name] = {"term": float(term), "value": float(value)}
-        save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
-                      meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
+        if all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
+            # a diverged epoch is stopped before its checkpoint (run_epochs); leave no genotype of it
+            save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
+                          meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
         record: dict[str, Any] = {
             "lr": lr, "arch_updates": arch_on, "steps": steps_per_epoch,
             "train_loss": train["loss"], "train_top1": train["top1"],
