@@ -348,7 +348,14 @@ def _print_split(rows: dict[str, dict[str, Any]], ref_name: str, ref_fixed: floa
 # --- --busy: the slowdown of a search step beside other busy processes ------------------------------
 
 def _spin_env(env: dict[str, str], args: argparse.Namespace) -> None:
-    """The workers' OpenMP spin: edgenas's default (inherit) or the given GOMP_SPINCOUNT."""
+    """The workers' OpenMP spin: edgenas's default (inherit) or the given GOMP_SPINCOUNT. Under
+    --omp-wait the policy alone decides (libgomp lets a GOMP_SPINCOUNT override OMP_WAIT_POLICY)."""
+    from edgenas.omp import ADDED
+
+    if args.omp_wait != "inherit":
+        for key, value in ADDED.items():
+            if env.get(key) == value:
+                env.pop(key)
     if args.spin_count != "inherit":
         env["GOMP_SPINCOUNT"] = str(int(args.spin_count))
 
@@ -398,9 +405,11 @@ def busy_main(args: argparse.Namespace) -> None:
         for p in procs:
             p.kill()
             p.wait()
-    omp = {k: os.environ.get(k) for k in USER_KNOBS}
-    if args.spin_count != "inherit":
-        omp["GOMP_SPINCOUNT"] = args.spin_count
+    env = dict(os.environ)  # what the workers ran with (see Worker)
+    if args.omp_wait != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    _spin_env(env, args)
+    omp = {k: env.get(k) for k in USER_KNOBS}
     if args.json:
         print(json.dumps({"settings": vars(args), "omp": omp, "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
                           "rows": rows}, indent=2))

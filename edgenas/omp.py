@@ -27,6 +27,8 @@ GOMP_SPIN_COUNT = "10000"
 KMP_BLOCK_TIME = "1"
 #: Settings through which a user chooses a policy; any of them set means edgenas sets nothing.
 USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+#: What :func:`apply` put into this process's environment (a child given its own policy drops it).
+ADDED: dict[str, str] = {}
 
 
 def bounded_spin(env: MutableMapping[str, str]) -> dict[str, str]:
@@ -43,4 +45,5 @@ def apply() -> dict[str, str]:
     and with it the OpenMP runtime, is loaded."""
     if "torch" in sys.modules:
         return {}
-    return bounded_spin(os.environ)
+    ADDED.update(bounded_spin(os.environ))
+    return dict(ADDED)
