@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from edgenas import __version__
 from edgenas.errors import EdgenasError
@@ -163,10 +163,10 @@ class RunFolderLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = -1
 
-    def __enter__(self) -> RunFolderLock:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is not None and self.created and not self.worth_keeping(self.root):
             # A run that failed before producing anything to continue from leaves no folder behind.
             # The folder was empty when claimed and the lock is still held, so all in it is ours.

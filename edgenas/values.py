@@ -80,11 +80,8 @@ def conform(value: Any, hint: Any, name: str) -> Any:
                 return conform(value, arg, name)
             except EdgenasError:
                 continue
-    elif hint is Any:
-        return value
-    elif hint is bool and isinstance(value, bool):
-        return value
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+    elif hint is Any or (hint is bool and isinstance(value, bool)) or (
+            hint is int and isinstance(value, int) and not isinstance(value, bool)):
         return value
     elif hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(check_number(value, name))
