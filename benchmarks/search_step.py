@@ -25,7 +25,11 @@ fixed cost (stem, preprocessing, channel selection and merging, cell outputs, cl
 which no faster operator removes; the table is then followed by each step split into that fixed part
 and its operators. `--ops` gives every method the same operators (e.g. one candidate at a time).
 
+`--busy N` instead times each method's step alternately quiet and beside N busy loops and
+reports the slowdown; `--spin-count` sets the workers' OpenMP spin (300000: libgomp's default).
+
     .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5] [--base]
+    .venv/bin/python benchmarks/search_step.py --methods el_darts --busy 1 [--spin-count 300000]
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def _reply(obj: dict[str, Any]) -> None:
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
+    import edgenas  # noqa: F401  (first: it sets OpenMP's spin defaults before torch loads the runtime)
     import torch
 
     from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
@@ -181,6 +186,7 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if args.omp_wait != "inherit":
             env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+        _spin_env(env, args)
         self.name = name
         self.err = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block the worker
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
@@ -236,11 +242,21 @@ def main() -> None:
                    help=f"also time each method with operators {BASE_OPS} only (a row '<method> base', "
                         "interleaved with the reference like the others): what the method costs besides its "
                         "candidate operators, which no operator speed-up removes")
+    p.add_argument("--spin-count", default="inherit",
+                   help="GOMP_SPINCOUNT of the workers (inherit: edgenas's bounded default unless this "
+                        "environment sets OpenMP's policy; 300000 is libgomp's own default, what edgenas ran "
+                        "with before it bounded the spin)")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="run N busy loops beside the workers in alternate steps and report, per method, the "
+                        "median step with them running over the median without (the slowdown under load)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _reply(worker(args))
+        return
+    if args.busy:
+        busy_main(args)
         return
 
     names = args.methods.split(",")
@@ -327,6 +343,84 @@ def _print_split(rows: dict[str, dict[str, Any]], ref_name: str, ref_fixed: floa
             continue
         print(f"  {label}: fixed {fixed:.3f}, operators {ops:.3f} ({(1 - ref_fixed) / ops:.2f}x fewer than "
               f"{ref_name}'s); with {ref_name}'s fixed part and these operators: {1 / (ref_fixed + ops):.2f}x")
+
+
+# --- --busy: the slowdown of a search step beside other busy processes ------------------------------
+
+def _spin_env(env: dict[str, str], args: argparse.Namespace) -> None:
+    """The workers' OpenMP spin: edgenas's default (inherit) or the given GOMP_SPINCOUNT. Under
+    --omp-wait the policy alone decides (libgomp lets a GOMP_SPINCOUNT override OMP_WAIT_POLICY)."""
+    from edgenas.omp import ADDED
+
+    if args.omp_wait != "inherit":
+        for key, value in ADDED.items():
+            if env.get(key) == value:
+                env.pop(key)
+    if args.spin_count != "inherit":
+        env["GOMP_SPINCOUNT"] = str(int(args.spin_count))
+
+
+def _busy_loops(n: int) -> list[subprocess.Popen]:
+    """``n`` processes spinning in pure Python, started stopped (SIGSTOP) until asked to run."""
+    import signal
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    for p in procs:
+        p.send_signal(signal.SIGSTOP)
+    return procs
+
+
+def _set_busy(procs: list[subprocess.Popen], on: bool) -> None:
+    import signal
+
+    for p in procs:
+        p.send_signal(signal.SIGCONT if on else signal.SIGSTOP)
+    time.sleep(0.2)  # let the scheduler spread the change over the cores before the step starts
+
+
+def busy_main(args: argparse.Namespace) -> None:
+    """Each method's step, alternately quiet and beside ``--busy`` loops (ABBA order, so a drift of
+    the machine's speed hits both sides alike), and the ratio of the two medians."""
+    from edgenas.omp import USER_KNOBS
+
+    procs = _busy_loops(args.busy)
+    rows = []
+    try:
+        for name in args.methods.split(","):
+            w = Worker(name, args)  # built and warmed up while the loops are stopped
+            quiet: list[float] = []
+            busy: list[float] = []
+            for i in range(args.steps):
+                for on in ((False, True) if i % 2 == 0 else (True, False)):
+                    _set_busy(procs, on)
+                    (busy if on else quiet).append(w.step())
+            _set_busy(procs, False)
+            row = w.finish()
+            q, b = statistics.median(quiet), statistics.median(busy)
+            rows.append({"method": name, "threads": row["threads"], "quiet_step_s": q, "busy_step_s": b,
+                         "slowdown": b / q, "quiet_all": [round(v, 4) for v in quiet],
+                         "busy_all": [round(v, 4) for v in busy]})
+            print(f"measured {name}", file=sys.stderr)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    env = dict(os.environ)  # what the workers ran with (see Worker)
+    if args.omp_wait != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
+    _spin_env(env, args)
+    omp = {k: env.get(k) for k in USER_KNOBS}
+    if args.json:
+        print(json.dumps({"settings": vars(args), "omp": omp, "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
+                          "rows": rows}, indent=2))
+        return
+    print(f"search step quiet vs beside {args.busy} busy loop(s) on {os.cpu_count()} CPUs; C={args.channels}, "
+          f"{args.layers} cells, {args.nodes} nodes, batch {args.batch}; OpenMP {omp}; "
+          f"{args.steps} steps each way (medians)")
+    print(f"{'method':<12}{'threads':>8}{'quiet s':>10}{'busy s':>10}{'slowdown':>10}")
+    for r in rows:
+        print(f"{r['method']:<12}{r['threads']:>8}{r['quiet_step_s']:>10.3f}{r['busy_step_s']:>10.3f}"
+              f"{r['slowdown']:>9.2f}x")
 
 
 if __name__ == "__main__":

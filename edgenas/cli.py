@@ -17,7 +17,7 @@ from typing import Any, Optional, TypeVar
 import typer
 from rich.console import Console
 
-from edgenas.errors import EdgenasError
+from edgenas.errors import EdgenasError, out_of_memory
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +68,12 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
             except EdgenasError as e:
                 _print_error(e)
                 raise typer.Exit(e.exit_code) from None
+            except (RuntimeError, MemoryError) as e:
+                oom = out_of_memory(e)
+                if oom is None:
+                    raise
+                _print_error(oom)
+                raise typer.Exit(oom.exit_code) from None
             except KeyboardInterrupt:
                 err_console.print("interrupted (where supported, rerun with --resume to continue)")
                 raise typer.Exit(130) from None
@@ -232,6 +238,9 @@ def prune_cmd(
     from edgenas.profiling import Profile
     from edgenas.space import PruneConfig, prune
 
+    from edgenas.files import ensure_writable
+
+    ensure_writable(out, "search space")
     prof = Profile.load(profile)
     config = PruneConfig(tuple(_op_list(keep)), tuple(_op_list(drop)), max_latency_ratio)
     space = prune(prof, config, source=str(profile))

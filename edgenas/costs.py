@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgenas.errors import EdgenasError
+from edgenas.values import MAX_MAGNITUDE, check_number
 
 MAC_CONVENTION = "1 MAC = 1 multiply-add; Conv2d and Linear only; per input sample"
 
@@ -173,8 +174,7 @@ def parse_count(text: str | int | float, what: str = "budget") -> int:
         if not m:
             raise EdgenasError(f"cannot read {what} {text!r}", "write it like 600M, 0.6G or 600000000")
         value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value <= 0:
-        raise EdgenasError(f"{what} must be positive, got {text!r}", "give a positive count such as 600M")
+    check_number(value, what, above=0, maximum=MAX_MAGNITUDE, hint="give a positive count such as 600M")
     return int(round(value))
 
 

@@ -379,6 +379,7 @@ def load_data(spec: DataSpec | str, *, subset: int | None = None, test_subset: i
     else:
         raw = _make_synthetic(spec.count or SYNTHETIC_DEFAULT_N)
     (xtr, ytr), (xte, yte), classes = raw
+    check_labels(spec, ytr, yte, classes)
     if channels is not None:
         xtr, xte = _to_channels(xtr, channels), _to_channels(xte, channels)
     if image_size is not None and spec.kind != "imagefolder":
@@ -398,6 +399,24 @@ def load_data(spec: DataSpec | str, *, subset: int | None = None, test_subset: i
     train = ImageTensors(xtr, ytr, mean, std, aug)
     test = ImageTensors(xte, yte, mean, std)
     return DataBundle(spec, train, test, tuple(classes), mean, std, info)
+
+
+def check_labels(spec: DataSpec, train_labels: torch.Tensor, test_labels: torch.Tensor,
+                 classes: tuple[str, ...] | list[str]) -> None:
+    """Every dataset, whatever its kind: both splits non-empty, at least two classes (one class
+    makes a classifier trivially 100 % right), and every label naming one of them (a label past
+    the class count would fail deep inside an epoch, after the run folder is written)."""
+    if len(classes) < 2:
+        raise EdgenasError(f"{spec} has {len(classes)} class(es) ({', '.join(classes) or 'none'})",
+                           "a classifier needs at least two classes: add class folders")
+    for split, labels in (("train", train_labels), ("test", test_labels)):
+        if len(labels) == 0:
+            raise EdgenasError(f"{spec}: the {split} split holds no images", f"add images to its {split} split")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= len(classes):
+            bad = lo if lo < 0 else hi
+            raise EdgenasError(f"{spec}: a {split} label is {bad}, outside the {len(classes)} classes 0..{len(classes) - 1}",
+                               "fix or regenerate the label file")
 
 
 def _default_flip(kind: str) -> bool:
@@ -672,20 +691,32 @@ def _decode(name: str, source: Any) -> torch.Tensor:
             img = img[:1]
         elif img.shape[0] == 4:
             img = img[:3]
-        return img
+        return _to_uint8(img)
     except Exception:  # formats torchvision does not decode (BMP, TIFF, PPM...): try PIL
         pass
     try:
         from PIL import Image
 
         with Image.open(io.BytesIO(data)) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
-            arr = np.asarray(im)
+            if im.mode.startswith("I;16"):
+                # PIL's convert("L") clips 16-bit values at 255; scale them down instead
+                arr = np.asarray(_to_uint8(torch.from_numpy(np.asarray(im).astype(np.int32))))
+            else:
+                im = im.convert("L" if im.mode in ("1", "L", "LA", "I", "F") else "RGB")
+                arr = np.asarray(im)
     except Exception as e:
         raise EdgenasError(f"image {name} cannot be decoded ({type(e).__name__})",
                            "remove or replace the corrupt file") from None
     t = torch.from_numpy(arr.copy())
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def _to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """16-bit (or wider) samples scaled to 0..255, rounded; uint8 passes through unchanged."""
+    if img.dtype == torch.uint8:
+        return img
+    wide = img.to(torch.int64).clamp(0, 65535)
+    return ((wide * 255 + 32767) // 65535).to(torch.uint8)
 
 
 def _decode_folder(path: Path, files: FileList, image_size: int | None) -> Raw:

@@ -29,6 +29,9 @@ Edge = tuple[str, int]  # (operator name, input state index)
 FORMAT = "edgenas.genotype"
 VERSION = 1
 FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+#: Most states a cell output may concatenate: far above any published cell (4 nodes), low enough
+#: that a mistyped range is refused before it is built.
+MAX_CONCAT = 256
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,14 @@ def _literal_value(node: ast.expr, field: str, where: str) -> Any:
         except ValueError:
             args = []
         if args and all(isinstance(a, int) and not isinstance(a, bool) for a in args):
-            return list(range(*args))
+            if args[-1] == 0 and len(args) == 3:
+                raise EdgenasError(f"{where}field {field!r}: range() step must not be zero", "e.g. range(2, 6)")
+            span = range(*args)
+            if len(span) > MAX_CONCAT:
+                # refuse before building the list: a typo like range(2, 30000000) would take gigabytes
+                raise EdgenasError(f"{where}field {field!r}: {ast.unparse(node)} names {len(span)} states; a cell "
+                                   f"concatenates at most {MAX_CONCAT}", "e.g. range(2, 6) for 4 intermediate nodes")
+            return list(span)
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError):
@@ -349,7 +359,8 @@ def load_genotype(spec: str | Path) -> Genotype:
         raise EdgenasError(f"genotype file {path} is not text",
                            "pass an edgenas genotype JSON file or a file holding Genotype(...)") from None
     if text.lstrip().startswith("{") or path.suffix.lower() == ".json":
-        doc = read_json(path, FORMAT, VERSION, "genotype")
+        # hand-written files may leave out the header edgenas writes; a wrong header is still refused
+        doc = read_json(path, FORMAT, VERSION, "genotype", header_optional=True)
         return Genotype.from_dict(doc, str(path))
     return parse_literal(text, str(path))
 

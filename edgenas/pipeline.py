@@ -20,6 +20,7 @@ epoch checkpoint, so the result equals that of an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,12 +30,15 @@ from typing import Any
 import torch
 
 from edgenas.errors import EdgenasError
-from edgenas.files import read_json, write_json
+from edgenas.files import claim_run_folder, read_json, write_json
+from edgenas.values import check_seed, conform, field_types
 
 STAGES = ("profile", "prune", "search", "train", "export", "report")
 CONFIG_FORMAT = "edgenas.pipeline-config"
 STAGES_FORMAT = "edgenas.pipeline-stages"
 VERSION = 1
+#: The top-level keys of a run's TOML file and their types.
+TOP_LEVEL: dict[str, type] = {"data": str, "method": str, "device": str, "seed": int}
 
 
 @dataclass(frozen=True)
@@ -96,11 +100,11 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(table) - fields)
     if unknown:
         raise EdgenasError(f"{where}: unknown key {unknown[0]!r}", f"valid keys: {', '.join(sorted(fields))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    types = field_types(cls)
     try:
-        return cls(**values)
-    except TypeError as e:
-        raise EdgenasError(f"{where}: {e}", "fix the value's type") from None
+        return cls(**{k: conform(v, types[k], k) for k, v in table.items()})
+    except EdgenasError as e:  # say which file and table the value came from
+        raise EdgenasError(f"{where}: {e.message}", e.hint) from None
 
 
 def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +114,10 @@ def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
 
     out = dict(table)
     if out.get("mac_budget") is not None:
-        out["mac_budget"] = parse_count(out["mac_budget"], "MAC budget")
+        out["mac_budget"] = parse_count(out["mac_budget"], "mac_budget")
     if "latency_budget" in out:
         value = out.pop("latency_budget")
-        out["latency_budget_ms"] = None if value is None else parse_latency(value)
+        out["latency_budget_ms"] = None if value is None else parse_latency(value, "latency_budget")
     return out
 
 
@@ -141,14 +145,23 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> Pipeli
     for key in ("mac_budget", "latency_budget"):
         if overrides.get(key) is not None:
             budget[key] = overrides[key]
-    tables["budget"] = _budget_values(budget)
-    known = {"data", "method", "device", "seed"}
+    try:
+        tables["budget"] = _budget_values(budget)
+    except EdgenasError as e:
+        raise EdgenasError(f"{where} [budget]: {e.message}", e.hint) from None
+    known = set(TOP_LEVEL)
     unknown = sorted(set(top) - known) + sorted(set(tables) - set(_section_types()) - {"method_settings"})
     if unknown:
         raise EdgenasError(f"{where}: unknown key or table {unknown[0]!r}",
                            f"top-level keys: {', '.join(sorted(known))}; tables: "
                            f"{', '.join([*_section_types(), 'method_settings'])}")
-    seed = int(top.get("seed", 0))
+    try:
+        for key, hint in TOP_LEVEL.items():
+            if key in top:
+                top[key] = conform(top[key], hint, key)
+        seed = check_seed(top.get("seed", 0))
+    except EdgenasError as e:
+        raise EdgenasError(f"{where}: {e.message}", e.hint) from None
     sections = {}
     for name, cls in _section_types().items():
         table = dict(tables.get(name, {}))
@@ -164,20 +177,93 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> Pipeli
 
 @dataclass
 class StageState:
+    """Which stages completed, and the stage the last attempt failed in (if it failed)."""
+
     path: Path
     done: list[str] = field(default_factory=list)
+    failed: str | None = None
 
     @classmethod
     def read(cls, path: Path) -> StageState:
         if not path.exists():
             return cls(path)
         doc = read_json(path, STAGES_FORMAT, VERSION, "stage record")
-        return cls(path, [s for s in doc.get("completed", []) if s in STAGES])
+        failed = doc.get("failed")
+        return cls(path, [s for s in doc.get("completed", []) if s in STAGES], failed if failed in STAGES else None)
+
+    def write(self) -> None:
+        write_json(self.path, STAGES_FORMAT, VERSION, {"completed": self.done, "failed": self.failed})
 
     def mark(self, stage: str) -> None:
         if stage not in self.done:
             self.done.append(stage)
-        write_json(self.path, STAGES_FORMAT, VERSION, {"completed": self.done})
+        self.failed = None
+        self.write()
+
+
+#: The configuration each stage's output depends on (top-level keys and tables of PipelineConfig).
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "profile": ("device", "profile"),
+    "prune": ("prune",),
+    "search": ("data", "seed", "method", "method_settings", "search", "budget"),
+    "train": ("data", "seed", "train"),
+    "export": ("data", "export"),
+    "report": (),
+}
+
+
+def produced(out: Path, stage: str, state: StageState) -> bool:
+    """Whether ``stage`` left output a later attempt builds on (completed, or a checkpoint)."""
+    return stage in state.done or (stage in ("search", "train") and (out / stage / "last.pt").exists())
+
+
+def check_rerun(out: Path, saved: dict[str, Any], cfg: PipelineConfig, state: StageState) -> None:
+    """A rerun may change any setting whose stages produced nothing yet (the usual case after a
+    stage failed on a bad setting); changing what a produced stage used is refused, naming it."""
+    from edgenas.runs import canonical, first_difference
+
+    now = canonical(cfg.to_dict())
+    for stage in STAGES:
+        if not produced(out, stage, state):
+            continue
+        for key in STAGE_INPUTS[stage]:
+            diff = first_difference(canonical(saved.get(key, "<absent>")), now.get(key, "<absent>"), key)
+            if diff is not None:
+                where, had, asked = diff
+                raise EdgenasError(f"{out} was started with another configuration: its {stage} stage ran with "
+                                   f"{where}={had!r}, this run asks for {where}={asked!r}",
+                                   "rerun with the settings it used, or choose another --out for the new ones")
+
+
+def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
+    """Everything about the later stages that can be known before the first one runs: the method
+    and its settings, the supernet it builds, the budgets' feasibility and consistency."""
+    from edgenas.ops import DARTS_OPS, parse_ops
+    from edgenas.search.methods import make_method
+    from edgenas.search.supernet import SupernetConfig
+    from edgenas.space import SearchSpace
+
+    method = make_method(cfg.method, cfg.method_settings)
+    # pruning only removes operators, so what fails on every candidate fails on the pruned space
+    candidates = SearchSpace(tuple(parse_ops(list(cfg.profile.ops)) if cfg.profile.ops else DARTS_OPS))
+    space = method.resolve_space(candidates)
+    s = cfg.search
+    method.check(SupernetConfig(ops=space.ops, C=s.channels, layers=s.layers or method.default_layers,
+                                steps=s.nodes, cell_residual=method.cell_residual))
+    b = cfg.budget
+    if b.latency_budget_ms is not None:
+        if cfg.profile.mode != "forward":
+            raise EdgenasError(f"a latency budget needs forward-mode timings, but [profile] mode is {cfg.profile.mode!r}",
+                               'set [profile] mode = "forward"')
+        if cfg.profile.batch != b.budget_batch:
+            raise EdgenasError(f"[profile] batch is {cfg.profile.batch}, but the latency budget is for "
+                               f"[budget] budget_batch {b.budget_batch}", "make the two equal")
+    if b.mac_budget is not None:  # the latency model needs the profile this run measures
+        from edgenas.search.budgets import plan_budgets_for_data
+
+        spec = dataclasses.replace(b, latency_budget_ms=None, channels=b.channels or cfg.train.channels,
+                                   layers=b.layers or cfg.train.layers)
+        plan_budgets_for_data(spec, cfg.data, space.ops, s.nodes, profile_path=None, device=device, seed=cfg.seed)
 
 
 @dataclass
@@ -199,16 +285,32 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
     """Run every stage into ``out``. ``stop_after_stage``/``stop_after_epochs`` end the call early,
     as an interruption would (for tests of ``resume``)."""
     out = Path(out)
+    with claim_run_folder(out, "pipeline", legacy=_legacy_kind,
+                          worth_keeping=lambda root: (root / "stages.json").exists()):
+        check_stages(cfg, device)
+        return _run(cfg, out, device=device, resume=resume, quiet=quiet, log=log,
+                    stop_after_stage=stop_after_stage, stop_after_epochs=stop_after_epochs)
+
+
+def _legacy_kind(root: Path) -> str | None:
+    """A pipeline folder written before folders carried a marker holds its config.json."""
+    try:
+        doc = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return "pipeline" if isinstance(doc, dict) and doc.get("format") == CONFIG_FORMAT else None
+
+
+def _run(cfg: PipelineConfig, out: Path, *, device: torch.device, resume: bool, quiet: bool, log: Log,
+         stop_after_stage: str | None, stop_after_epochs: int | None) -> RunResult:
     config_path = out / "config.json"
-    if out.exists() and any(out.iterdir()):
-        if not resume:
+    state = StageState.read(out / "stages.json")
+    if config_path.exists():
+        if not resume and state.failed is None:
             raise EdgenasError(f"run folder {out} already holds a run",
                                "add --resume to continue it, or choose another --out")
         saved = read_json(config_path, CONFIG_FORMAT, VERSION, "run config")
-        if saved.get("config") != _json_round(cfg.to_dict()):
-            raise EdgenasError(f"{out} was started with another configuration",
-                               "resume with the same config and options, or choose another --out")
-    state = StageState.read(out / "stages.json")
+        check_rerun(out, saved.get("config") or {}, cfg, state)
     if not {"search", "train", "export"} <= set(state.done):
         # a missing or broken dataset must stop the run before minutes of profiling, not after
         from edgenas.data import load_data
@@ -222,7 +324,14 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
             log(f"[{stage}] done already, skipped")
             continue
         log(f"[{stage}] running")
-        finished = getattr(stages, stage)()
+        state.write()  # from here on the folder holds work a rerun continues from
+        try:
+            finished = getattr(stages, stage)()
+        except EdgenasError:
+            # recorded so that a rerun with a corrected configuration may continue this folder
+            state.failed = stage
+            state.write()
+            raise
         if finished is False:  # interrupted inside (stop_after_epochs)
             return _result(out, ran, state, stages)
         state.mark(stage)
@@ -230,12 +339,6 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
         if stage == stop_after_stage:
             break
     return _result(out, ran, state, stages)
-
-
-def _json_round(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value))
 
 
 def _result(out: Path, ran: list[str], state: StageState, stages: _Stages) -> RunResult:

@@ -25,6 +25,7 @@ network pays; ``train`` times forward+backward of the module as the search super
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,6 +49,7 @@ from edgenas.device import (
 )
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
+from edgenas.values import FieldRule, check_record, finite_fields
 from edgenas.ops import DARTS_OPS, OPS, get_op
 
 PROFILE_FORMAT = "edgenas.profile"
@@ -166,6 +168,7 @@ class ProfileSettings:
     keep_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
+        finite_fields(self)
         if self.runs < 1 or self.min_warmup < 0 or self.max_warmup < self.min_warmup:
             raise EdgenasError(
                 f"bad run counts: runs={self.runs}, warm-up {self.min_warmup}..{self.max_warmup}",
@@ -235,12 +238,19 @@ class Profile:
             settings = ProfileSettings(**{k: v for k, v in settings_doc.items() if k in known})
         except TypeError as e:
             raise EdgenasError(f"{path}: field 'settings' is malformed ({e})", "regenerate the profile") from None
-        entries = [_entry_from_dict(d, f"{path} (entries[{i}])")
+        check_record(doc, PROFILE_RULES, str(path), "regenerate the profile with edgenas profile")
+        entries = [_entry_from_dict(d, f"{path} entries[{i}]", path)
                    for i, d in enumerate(require(doc, "entries", list, path))]
-        skipped = [Skipped(_key_from_dict(d, f"{path} (skipped[{i}])"), str(d.get("reason", "")))
+        skipped = [Skipped(_key_from_dict(d, f"{path} skipped[{i}]"), str(d.get("reason", "")))
                    for i, d in enumerate(doc.get("skipped") or [])]
         if not entries:
             raise EdgenasError(f"{path}: field 'entries' is empty", "profile at least one operator")
+        seen: set[ShapeKey] = set()
+        for i, e in enumerate(entries):
+            if e.key in seen:  # two timings for one key: look-ups would silently take the first
+                raise EdgenasError(f"{path} entries[{i}]: {e.key} is measured twice",
+                                   f"delete one of the two entries from {path}")
+            seen.add(e.key)
         env = doc.get("environment") or {}
         return cls(
             device=require(doc, "device", str, path),
@@ -254,17 +264,48 @@ class Profile:
         )
 
 
+#: What a profile's top level and each entry must hold; a new numeric field is one row here.
+PROFILE_RULES: tuple[FieldRule, ...] = (FieldRule("batch", minimum=1, integer=True),)
+KEY_RULES: tuple[FieldRule, ...] = (
+    FieldRule("C", minimum=1, integer=True),
+    FieldRule("H", minimum=1, integer=True),
+    FieldRule("W", minimum=1, integer=True),
+    FieldRule("stride", minimum=1, maximum=2, integer=True),
+)
+ENTRY_RULES: tuple[FieldRule, ...] = (
+    *KEY_RULES,
+    # a measured time is never zero: even the identity op costs a call
+    FieldRule("latency_ms.median", above=0),
+    FieldRule("latency_ms.p10", above=0),
+    FieldRule("latency_ms.p90", above=0),
+    FieldRule("latency_ms.mean", above=0),
+    FieldRule("latency_ms.std", minimum=0),
+    FieldRule("latency_ms.n", minimum=1, integer=True),
+    FieldRule("memory_bytes", minimum=0, integer=True),
+    FieldRule("macs", minimum=0, integer=True),
+    FieldRule("params", minimum=0, integer=True),
+)
+
+
+def _remeasure(d: dict[str, Any], path: Any) -> str:
+    """The fix for a bad entry: measure it again (or delete it)."""
+    shape = "x".join(str(d.get(k, "?")) for k in ("C", "H", "W")) + f":{d.get('stride', '?')}"
+    return f"re-measure it (edgenas profile --ops {d.get('op', '?')} --shapes {shape}) or delete the entry from {path}"
+
+
 def _key_from_dict(d: Any, where: str) -> ShapeKey:
     if not isinstance(d, dict):
         raise EdgenasError(f"{where}: should be an object", "regenerate the profile")
     op = require(d, "op", str, where)
     if op not in OPS:
         raise EdgenasError(f"{where}: unknown operator {op!r}", f"known operators: {', '.join(OPS)}")
+    check_record(d, KEY_RULES, where, "fix the shape or delete the entry")
     return ShapeKey(op, *(require(d, k, int, where) for k in ("C", "H", "W", "stride")))
 
 
-def _entry_from_dict(d: Any, where: str) -> ProfileEntry:
+def _entry_from_dict(d: Any, where: str, path: Any) -> ProfileEntry:
     key = _key_from_dict(d, where)
+    check_record(d, ENTRY_RULES, f"{where} {key}", _remeasure(d, path))
     lat = require(d, "latency_ms", dict, where)
     try:
         latency = TimingStats(**{k: lat[k] for k in ("median", "p10", "p90", "mean", "std", "n")})
@@ -372,6 +413,32 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+#: Activations an operator keeps alive, in input-sized tensors: a separable convolution holds about
+#: eight in a forward pass (ReLU, two depthwise/pointwise pairs, two BatchNorms); training keeps
+#: them for backward and adds as many gradients.
+ACTIVATION_COPIES = {"forward": 8, "train": 16}
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` right now."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_fits(keys: Sequence[ShapeKey], device: torch.device, *, batch: int, itemsize: int, mode: str) -> None:
+    """Refuse, before measuring anything, a shape whose activations cannot fit in free memory:
+    the allocation would fail mid-run (or the OS would kill the process)."""
+    free = available_memory(device)
+    for k in sorted(keys, key=lambda k: -k.C * k.H * k.W):
+        need = batch * k.C * k.H * k.W * itemsize * ACTIVATION_COPIES[mode]
+        if need > free:
+            raise EdgenasError(f"shape {k.shape} at batch {batch} needs about {need / 2**30:,.1f} GiB of activations "
+                               f"({device} has {free / 2**30:,.1f} GiB free)",
+                               "profile smaller shapes or a smaller --batch")
+        return  # the largest fits, so every smaller one does
+
+
 def measure_entries(
     keys: Sequence[ShapeKey],
     device: torch.device,
@@ -390,6 +457,7 @@ def measure_entries(
     torch_dtype = resolve_dtype(dtype)
     for k in keys:  # fail on bad input before spending a minute measuring
         _check_key(k)
+    check_fits(keys, device, batch=batch, itemsize=torch.empty((), dtype=torch_dtype).element_size(), mode=mode)
     costs = {k: _costs(k, mode) for k in keys}
     if device.type == "cpu" and settings.keep_cpu_memory:
         keep_cpu_memory()

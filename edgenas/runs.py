@@ -33,7 +33,8 @@ from torch import nn
 
 from edgenas.device import keep_cpu_memory
 from edgenas.errors import EdgenasError
-from edgenas.files import atomic_path, read_json, write_json, write_text_atomic
+from edgenas.values import check_seed
+from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, read_json, write_json, write_text_atomic
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -45,6 +46,7 @@ RUN_VERSION = 1
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and every CUDA device), numpy and Python's ``random``."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices
@@ -117,7 +119,7 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
                            f"{CHECKPOINT_VERSION}", "restart the run with this edgenas version")
     config = doc.get("config", {})
     for key, want in (expect or {}).items():
-        diff = _first_difference(_canonical(config.get(key, "<absent>")), _canonical(want), key)
+        diff = first_difference(canonical(config.get(key, "<absent>")), canonical(want), key)
         if diff is not None:
             where, have, asked = diff
             raise EdgenasError(
@@ -128,24 +130,24 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
     return doc
 
 
-def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
+def first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any] | None:
     """The first leaf where two JSON values differ, as (dotted path, a's value, b's value)."""
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
-            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")
+            d = first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")
             if d is not None:
                 return d
         return None
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)):
-            d = _first_difference(x, y, f"{where}[{i}]")
+            d = first_difference(x, y, f"{where}[{i}]")
             if d is not None:
                 return d
         return None
     return None if a == b else (where, a, b)
 
 
-def _canonical(value: Any) -> Any:
+def canonical(value: Any) -> Any:
     """JSON round trip so tuples and lists (and int/float keys) compare as they are stored."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
@@ -227,11 +229,28 @@ class RunDir:
         if self.root.exists() and not self.root.is_dir():
             raise EdgenasError(f"run folder {self.root} is a file", "choose another --out folder")
 
+    def claim(self, kind: str) -> RunFolderLock:
+        """Own the folder for this process's ``kind`` run (see :func:`edgenas.files.claim_run_folder`);
+        call on the writing rank only, before any data is loaded."""
+        return claim_run_folder(self.root, kind, legacy=_legacy_kind,
+                                worth_keeping=lambda root: (root / "last.pt").exists())
+
     def write_config(self, kind: str, config: Mapping[str, Any]) -> Path:
         return write_json(self.config, RUN_FORMAT, RUN_VERSION, {"kind": kind, "config": dict(config)})
 
     def read_config(self) -> dict[str, Any]:
         return read_json(self.config, RUN_FORMAT, RUN_VERSION, "run config")
+
+
+def _legacy_kind(root: Path) -> str | None:
+    """The kind of a run folder written before folders carried a marker (from its config.json)."""
+    try:
+        doc = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(doc, dict) and doc.get("format") == RUN_FORMAT and isinstance(doc.get("kind"), str):
+        return str(doc["kind"])
+    return None
 
 
 # --- distributed -------------------------------------------------------------------------------
@@ -455,6 +474,51 @@ class RunningMean:
         return {k: totals[i] / n for i, k in enumerate(keys)}
 
 
+# --- keeping a run's files consistent ------------------------------------------------------------
+
+def repair_best(run: RunDir, last: Mapping[str, Any]) -> bool:
+    """Make ``best.pt`` hold the epoch that ``last.pt`` names as best; True if it was rewritten.
+
+    A kill while ``best.pt`` was being written (by an edgenas that wrote ``last.pt`` first) left an
+    older ``best.pt`` beside a ``last.pt`` whose best is its own epoch: copy ``last.pt`` over it.
+    """
+    want = (last.get("best") or {}).get("epoch")
+    if want is None:
+        return False
+    have: int | None = None
+    if run.best.exists():
+        try:
+            have = int(load_checkpoint(run.best, what="best checkpoint")["epoch"])
+        except EdgenasError:
+            have = None  # a torn or foreign best.pt is repaired like a stale one
+    if have == want:
+        return False
+    if want == int(last["epoch"]):
+        save_checkpoint(run.best, {k: v for k, v in last.items() if k not in ("format", "version")})
+        return True
+    if have is not None and have > int(last["epoch"]):
+        return False  # written just before a kill; the resumed epoch rewrites it
+    raise EdgenasError(f"{run.best} holds {'no readable epoch' if have is None else f'epoch {have + 1}'}, but "
+                       f"{run.last} names epoch {int(want) + 1} as the best",
+                       "best.pt was replaced or deleted by hand; restore it, or start a new --out folder")
+
+
+def check_finite_losses(record: Mapping[str, Any], *, kind: str, run: RunDir, kept: int) -> None:
+    """Stop a diverged run before its epoch is checkpointed: the last good ``last.pt`` stays.
+
+    ``kept`` is the number of epochs the folder's checkpoint holds.
+    """
+    bad = {k: v for k, v in record.items()
+           if ("loss" in k or "objective" in k) and isinstance(v, float) and not math.isfinite(v)}
+    if not bad:
+        return
+    key, value = next(iter(bad.items()))
+    kept_note = (f"{run.last} keeps epoch {kept}, the last finite one" if kept > 0
+                 else "no epoch had finished, so no checkpoint was written")
+    raise EdgenasError(f"{kind} stopped in epoch {int(record['epoch']) + 1}: {key} is {value}",
+                       f"the run diverged; lower --lr or check --momentum and the data ({kept_note})")
+
+
 # --- the epoch loop with checkpoints and exact resume --------------------------------------------
 
 class Stateful(Protocol):
@@ -540,6 +604,8 @@ def run_epochs(
         # The checkpoint carries the history up to its epoch: a kill between writing the two files
         # can never leave them disagreeing.
         history = History(run.history, ckpt.get("history", []))
+        if dist_info.main and best is not None:
+            repair_best(run, ckpt)
         if on_resume is not None:
             on_resume(ckpt)
     if dist_info.main:
@@ -553,6 +619,7 @@ def run_epochs(
             t0 = time.perf_counter()
             record = {"epoch": epoch, **epoch_fn(epoch, progress)}
             record["seconds"] = round(time.perf_counter() - t0, 3)
+            check_finite_losses(record, kind=kind, run=run, kept=epoch)
             history.append(record, write=False)
             rng_states = gather_objects(capture_rng_state())  # collective: every rank takes part
             is_best = best is not None and best.better(float(record[best.key]), None if best_record is None
@@ -570,9 +637,12 @@ def run_epochs(
                     "best": best_record,
                     **(extra_state() if extra_state else {}),
                 }
-                save_checkpoint(run.last, state)
+                # best.pt before last.pt: a kill between the two leaves best.pt one epoch ahead of
+                # last.pt, and the resumed (deterministic) epoch rewrites both; last.pt never names a
+                # best epoch that best.pt does not hold.
                 if is_best:
                     save_checkpoint(run.best, state)
+                save_checkpoint(run.last, state)
                 history.write()
                 if on_epoch_end is not None:
                     on_epoch_end(history)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
+from edgenas.values import check_number
 from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS
 
 if TYPE_CHECKING:
@@ -65,9 +66,13 @@ class SearchSpace:
         if len(set(ops)) != len(ops):
             raise EdgenasError(f"search space lists an operator twice: {', '.join(ops)}",
                                "list each operator once")
-        if len(ops) < 2:
+        # 'none' only weighs an edge (derivation never picks it), so a space needs two operators
+        # that carry features for the search to choose between anything
+        real = [o for o in ops if not OPS[o].is_zero]
+        if len(real) < 2:
             raise EdgenasError(
-                f"a search space needs at least 2 operators, got {len(ops)} ({', '.join(ops) or 'none'})",
+                f"a search space needs at least 2 operators besides 'none', got {len(real)} "
+                f"({', '.join(ops) or 'none'})",
                 "keep more operators (prune --keep OP) or edit the space file",
             )
         # frozen: normalise through object.__setattr__ so equal spaces compare equal
@@ -200,9 +205,8 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
     both = sorted(set(config.keep) & set(config.drop))
     if both:
         raise EdgenasError(f"{', '.join(both)} both kept and dropped", "name an op in --keep or --drop, not both")
-    if config.max_latency_ratio is not None and config.max_latency_ratio <= 0:
-        raise EdgenasError(f"--max-latency-ratio must be positive, got {config.max_latency_ratio}",
-                           "pass e.g. --max-latency-ratio 3")
+    if config.max_latency_ratio is not None:
+        check_number(config.max_latency_ratio, "--max-latency-ratio", above=0, hint="pass e.g. --max-latency-ratio 3")
 
     # shapes every op was measured at, so sums compare like with like
     shapes = [s for s in profile.shapes()
@@ -220,6 +224,14 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
         kept.remove(op)
         dropped.append(DroppedOp(op, rule, reason, numbers))
 
+    for op in DARTS_OPS:
+        if op not in measured:  # never silently absent: say the space lacks it and how to add it
+            dropped.append(DroppedOp(op, "unmeasured", "the profile has no entries for it; measure it with "
+                                     f"edgenas profile --ops {op} to consider it", {}))
+    for op in measured:
+        lacking = [str(s) for s in profile.shapes() if not profile.lookup(op, s.C, s.H, s.W, s.stride)]
+        if lacking:
+            notes.append(f"{op} has no entries at {', '.join(lacking)}; costs are compared without those shapes")
     for op in config.drop:
         drop(op, "user", "dropped by --drop", totals[op].numbers())
     protected = set(config.keep)

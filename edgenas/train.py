@@ -15,6 +15,7 @@ The loop itself (checkpoint every epoch, exact resume, history, progress) is
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from edgenas.device import amp_for_capability
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
+from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     BestRule,
     History,
@@ -35,6 +37,7 @@ from edgenas.runs import (
     Precision,
     RunDir,
     RunningMean,
+    dist_from_env,
     evaluate,
     init_distributed,
     load_checkpoint,
@@ -72,6 +75,13 @@ class TrainConfig:
     channels_last: bool | None = None  # None: on (measured faster on CUDA and on the CPU)
 
     def __post_init__(self) -> None:
+        finite_fields(self)
+        check_seed(self.seed, "--seed")
+        check_number(self.momentum, "--momentum", minimum=0, below=1)
+        if self.auxiliary_weight > 0 and self.batch_size < 2:
+            # the auxiliary head pools to 1x1 before a BatchNorm, which needs two samples to train
+            raise EdgenasError(f"--batch-size {self.batch_size} is too small for the auxiliary head's BatchNorm",
+                               "use --batch-size 2 or more, or --auxiliary-weight 0 (no auxiliary head)")
         checks = [("epochs", self.epochs >= 1), ("batch size", self.batch_size >= 1), ("lr", self.lr > 0),
                   ("channels", self.channels >= 1), ("layers", self.layers >= 1),
                   ("auxiliary weight", self.auxiliary_weight >= 0), ("grad clip", self.grad_clip > 0),
@@ -155,8 +165,17 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
     """Train ``genotype`` on ``data`` into the run folder ``out``; returns the history and best epoch.
 
     ``stop_after`` ends this call after that many epochs (the checkpoint lets ``resume`` finish the
-    run with the same result as an uninterrupted one).
+    run with the same result as an uninterrupted one). The writing process owns ``out`` (marker and
+    lock) for the whole call.
     """
+    owner = RunDir(Path(out)).claim("train") if dist_from_env().main else contextlib.nullcontext()
+    with owner:
+        return _train(genotype, cfg, data, out=out, device=device, resume=resume, stop_after=stop_after,
+                      quiet=quiet, download=download, genotype_name=genotype_name)
+
+
+def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, device: torch.device,
+           resume: bool, stop_after: int | None, quiet: bool, download: bool, genotype_name: str) -> TrainResult:
     from edgenas.costs import count_params
 
     spec = parse_data_spec(data)
@@ -171,6 +190,10 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
         raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {dist_info.world} processes",
                            f"use a --batch-size divisible by {dist_info.world}")
     per_rank_batch = cfg.batch_size // dist_info.world
+    if cfg.auxiliary_weight > 0 and per_rank_batch < 2:
+        raise EdgenasError(f"batch size {cfg.batch_size} over {dist_info.world} processes leaves one image per "
+                           "process, too few for the auxiliary head's BatchNorm",
+                           f"use --batch-size {2 * dist_info.world} or more, or --auxiliary-weight 0")
     def load(fetch: bool) -> DataBundle:
         return load_data(spec, subset=cfg.subset, test_subset=cfg.test_subset, cutout=cfg.cutout, download=fetch,
                          channels=cfg.in_channels, seed=cfg.seed)

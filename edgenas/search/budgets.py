@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from edgenas.errors import EdgenasError
+from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
 
@@ -408,6 +409,10 @@ class BudgetSpec:
     weight: float = 1.0             # search-time penalty weight
     profile_missing: bool = False   # measure shapes the profile lacks instead of refusing
 
+    def __post_init__(self) -> None:
+        check_number(self.weight, "--budget-weight", minimum=0)
+        finite_fields(self)
+
     @property
     def active(self) -> bool:
         return self.mac_budget is not None or self.latency_budget_ms is not None
@@ -420,20 +425,18 @@ class BudgetSpec:
         return default_config(self.setting, in_channels=in_channels, **over)
 
 
-def parse_latency(text: str | float) -> float:
+def parse_latency(text: str | float, what: str = "latency budget") -> float:
     """``12ms``, ``0.012s``, ``12`` (ms) -> milliseconds."""
     import re
 
-    if isinstance(text, (int, float)):
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*(ms|s|us)?\s*", str(text))
         if not m:
-            raise EdgenasError(f"cannot read latency budget {text!r}", "write it like 12ms or 0.012s")
+            raise EdgenasError(f"cannot read {what} {text!r}", "write it like 12ms or 0.012s")
         value = float(m.group(1)) * {"ms": 1.0, None: 1.0, "s": 1e3, "us": 1e-3}[m.group(2)]
-    if value <= 0:
-        raise EdgenasError(f"latency budget must be positive, got {text!r}", "give e.g. 12ms")
-    return value
+    return float(check_number(value, what, above=0, maximum=MAX_MAGNITUDE, hint="give e.g. 12ms"))
 
 
 @dataclass

@@ -19,6 +19,7 @@ added in :meth:`BilevelStep.arch_step`, the one place the architecture loss is f
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
@@ -32,12 +33,14 @@ from edgenas.data import describe, load_data, make_loader, parse_data_spec, sear
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
 from edgenas.ops import get_op
+from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     History,
     LoopProgress,
     LoopResult,
     RunDir,
     RunningMean,
+    dist_from_env,
     load_checkpoint,
     run_epochs,
     seed_everything,
@@ -88,6 +91,11 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        finite_fields(self)
+        check_seed(self.seed, "--seed")
+        check_number(self.momentum, "momentum", minimum=0, below=1)
+        for i, beta in enumerate(self.arch_betas):
+            check_number(beta, f"arch_betas[{i}]", minimum=0, below=1)
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("channels", self.channels >= 2), ("nodes", self.nodes >= 1),
                   ("layers", self.layers is None or self.layers >= 1),
@@ -274,7 +282,18 @@ def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: s
     ``penalties`` add terms to the architecture loss, ``deriver`` replaces the unconstrained
     derivation (both hooks for budgets). ``stop_after`` ends this call after that many epochs, as
     an interruption would; ``resume`` continues from the last checkpoint to the same result.
+    The writing process owns ``out`` (marker and lock) for the whole call.
     """
+    owner = RunDir(Path(out)).claim("search") if dist_from_env().main else contextlib.nullcontext()
+    with owner:
+        return _search(method, space, cfg, data, out=out, device=device, resume=resume, stop_after=stop_after,
+                       quiet=quiet, penalties=penalties, deriver=deriver, space_source=space_source)
+
+
+def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: str, *, out: str | Path,
+            device: torch.device, resume: bool, stop_after: int | None, quiet: bool,
+            penalties: Mapping[str, ArchPenalty] | None, deriver: Deriver | None,
+            space_source: str | None) -> SearchResult:
     space = method.resolve_space(space)
     spec = parse_data_spec(data)
     layers = cfg.layers or method.default_layers
@@ -351,8 +370,10 @@ def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: s
                 for name, p in step.penalties.items():
                     term, value = p.penalty(relaxed, edge_w)
                     penalty_log[name] = {"term": float(term), "value": float(value)}
-        save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
-                      meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
+        if all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
+            # a diverged epoch is stopped before its checkpoint (run_epochs); leave no genotype of it
+            save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
+                          meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
         record: dict[str, Any] = {
             "lr": lr, "arch_updates": arch_on, "steps": steps_per_epoch,
             "train_loss": train["loss"], "train_top1": train["top1"],

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgenas.errors import EdgenasError
+from edgenas.values import conform, field_types
 from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.supernet import (
     AllChannels,
@@ -185,4 +186,5 @@ def make_method(name: str, settings: Mapping[str, Any] | None = None) -> Method:
         own = ", ".join(f"--{f.replace('_', '-')}" for f in sorted(fields)) or "none"
         raise EdgenasError(f"{_flag(unknown[0], given[unknown[0]])} does not apply to method {name!r}",
                            f"its settings: {own}")
-    return cls(**given)
+    types = field_types(cls)  # settings may come from a TOML file, untyped
+    return cls(**{k: conform(v, types[k], f"{name} setting {k}") for k, v in given.items()})
