@@ -402,7 +402,7 @@ def train_cmd(
 
     from edgenas.device import resolve_device
     from edgenas.genotypes import load_genotype
-    from edgenas.runs import dist_from_env
+    from edgenas.distributed import dist_from_env
     from edgenas.train import TrainConfig, default_run_folder, genotype_label, protocol_defaults, train
 
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,

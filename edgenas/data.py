@@ -7,8 +7,10 @@ instead of per image with PIL in worker processes: on a 2-core machine this keep
 input pipeline, the bottleneck, and it needs no worker processes.
 
 Randomness: the order of epoch ``e`` comes from ``DistributedSampler(seed, epoch)`` (world 1 for a
-plain run) and the augmentation from a generator seeded with ``(seed, epoch, rank)``, so an epoch's
-batches are a pure function of those numbers and ``--resume`` needs no loader state.
+plain run; the ranks take interleaved shards of the one permutation) and each image's augmentation
+from a generator seeded with ``(seed, epoch)``, drawn per image, so an epoch's batches are a pure
+function of those numbers and the rank, ``--resume`` needs no loader state, and N processes with
+batch B see exactly the images, augmented alike, that one process sees with batch N * B.
 
 Image folders (``train/<class>/*``, ``test/<class>/*``, or a ``.tar``/``.tar.gz`` holding them) are
 decoded once and the decoded arrays cached on disk (``$EDGENAS_CACHE_DIR`` or
@@ -34,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.distributed import DistInfo
 from edgenas.errors import EdgenasError
 from edgenas.files import atomic_path
-from edgenas.runs import DistInfo
 
 KINDS = ("cifar10", "cifar100", "imagefolder", "fashion-mnist", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -144,32 +146,48 @@ class ImageTensors(torch.utils.data.Dataset):
         std = x.new_tensor(self.std).view(1, -1, 1, 1) * 255.0
         return (x - mean) / std
 
+    def draw_augment(self, generator: torch.Generator) -> AugmentDraws | None:
+        """The random augmentation parameters of every image for one epoch (None: no augmentation).
+
+        Drawn for the whole set at once and looked up by image index, so an image's augmentation in
+        an epoch does not depend on which batch or which rank it lands in: a search or training on
+        N processes sees exactly the images one process sees with an N times larger batch.
+        """
+        aug = self.augment
+        if aug == Augment():
+            return None
+        n, _, h, w = self.images.shape
+        off = torch.randint(0, 2 * aug.crop_pad + 1, (2, n), generator=generator) if aug.crop_pad > 0 else None
+        flip = torch.rand(n, generator=generator) < 0.5 if aug.flip else None
+        centre = (torch.stack([torch.randint(0, h, (n,), generator=generator),
+                               torch.randint(0, w, (n,), generator=generator)]) if aug.cutout > 0 else None)
+        return AugmentDraws(off, flip, centre)
+
     def batch(self, indices: torch.Tensor, device: torch.device,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              draws: AugmentDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, move (as uint8: 4x less to copy), augment and normalise one batch on ``device``.
 
-        The random parameters are drawn on the CPU from ``generator`` so a batch is the same
-        whatever the device.
+        ``draws`` (from :meth:`draw_augment`, on the CPU) hold the random parameters, so a batch is
+        the same whatever the device; without them the batch is not augmented.
         """
         x = self.images.index_select(0, indices).to(device, non_blocking=True)
         y = self.labels.index_select(0, indices).to(device, non_blocking=True)
-        aug = self.augment if generator is not None else Augment()
+        aug = self.augment if draws is not None else Augment()
         b, _, h, w = x.shape
-        if aug.crop_pad > 0:
+        if aug.crop_pad > 0 and draws is not None and draws.crop is not None:
             p = aug.crop_pad
-            off = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(device)
+            off = draws.crop[:, indices].to(device)
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             rows = (off[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
             cols = (off[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
             chans = torch.arange(x.shape[1], device=device)[None, :, None, None]
             x = padded[torch.arange(b, device=device)[:, None, None, None], chans, rows, cols]
-        if aug.flip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(device)
+        if aug.flip and draws is not None and draws.flip is not None:
+            flip = draws.flip[indices].to(device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         x = self._normalise(x.float())
-        if aug.cutout > 0:
-            centre = torch.stack([torch.randint(0, h, (b,), generator=generator),
-                                  torch.randint(0, w, (b,), generator=generator)]).to(device)
+        if aug.cutout > 0 and draws is not None and draws.cutout is not None:
+            centre = draws.cutout[:, indices].to(device)
             half = aug.cutout // 2
             ys = torch.arange(h, device=device)[None, :, None]
             xs = torch.arange(w, device=device)[None, None, :]
@@ -178,6 +196,15 @@ class ImageTensors(torch.utils.data.Dataset):
                       & (xs >= centre[1, :, None, None] - half) & (xs < centre[1, :, None, None] + half))
             x = x.masked_fill(inside[:, None], 0.0)
         return x, y
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """One epoch's random augmentation parameters, one column per image of the set."""
+
+    crop: torch.Tensor | None    # (2, N) crop offsets (rows, columns) into the padded image
+    flip: torch.Tensor | None    # (N,) bool
+    cutout: torch.Tensor | None  # (2, N) centres of the cutout squares
 
 
 @dataclass
@@ -252,14 +279,14 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        gen = None
-        if self.augment:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch, self.dist.rank]).generate_state(1)[0])
-            gen = torch.Generator().manual_seed(seed)
+        draws = None
+        if self.augment:  # the same draws on every rank: see ImageTensors.draw_augment
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            draws = self.ds.draw_augment(torch.Generator().manual_seed(seed))
         if self._drops_last(len(idx)):
             idx = idx[:-1]
         for start in range(0, len(idx), self.batch_size):
-            yield self.ds.batch(idx[start : start + self.batch_size], self.device, gen)
+            yield self.ds.batch(idx[start : start + self.batch_size], self.device, draws)
 
 
 def make_loader(ds: ImageTensors, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,

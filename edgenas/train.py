@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
+from edgenas.distributed import barrier, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
@@ -35,11 +36,9 @@ from edgenas.runs import (
     RunDir,
     RunningMean,
     evaluate,
-    init_distributed,
     load_checkpoint,
     run_epochs,
     seed_everything,
-    sync_buffers,
     topk_correct,
 )
 
@@ -173,7 +172,7 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
 
     if download and dist_info.active:  # one process downloads (and fills the decode cache), then the rest read
         bundle = load(True) if dist_info.main else None
-        torch.distributed.barrier()
+        barrier()
         bundle = bundle or load(False)
     else:
         bundle = load(download)
