@@ -170,8 +170,16 @@ def sync_buffers(model: nn.Module) -> None:
     """
     if not is_active():
         return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for buf in unwrap(model).buffers():
-        dist.broadcast(buf, src=0)
+        by_dtype.setdefault(buf.dtype, []).append(buf)
+    for bufs in by_dtype.values():  # one broadcast per dtype, not one per BatchNorm
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        dist.broadcast(flat, src=0)
+        offset = 0
+        for b in bufs:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

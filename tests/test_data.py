@@ -20,8 +20,8 @@ from edgenas.data import (
     parse_data_spec,
     search_split,
 )
-from edgenas.errors import EdgenasError
 from edgenas.distributed import DistInfo
+from edgenas.errors import EdgenasError
 
 CPU = torch.device("cpu")
 needs_fashion = pytest.mark.skipif(
