@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
-from edgenas.distributed import average_gradients, init_distributed, sum_tensors, sync_buffers
+from edgenas.distributed import average_gradients, dist_from_env, init_distributed, sum_tensors, sync_buffers
 from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
@@ -337,8 +337,8 @@ def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: s
                 "data": str(spec), **cfg.identity()}
     run.check(resume=resume, what="search run")
     saved = load_checkpoint(run.last, expect=identity, what="search checkpoint")["config"] if resume else None
+    check_shards(cfg, dist_from_env().world)  # before joining: a bad split never waits on a rendezvous
     dist_info, device = init_distributed(device)
-    check_shards(cfg, dist_info.world)
 
     bundle = load_data(spec, subset=cfg.subset, seed=cfg.seed)
     w_data, a_data = search_split(bundle, cfg.seed)
