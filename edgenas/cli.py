@@ -58,6 +58,15 @@ def _print_error(e: EdgenasError) -> None:
         err_console.print(e.one_line(), markup=False, highlight=False, soft_wrap=True)
 
 
+def shutdown() -> None:
+    """Leave a torchrun process group, if the command joined one."""
+    if "torch.distributed" not in sys.modules:  # a command that never imported torch joined nothing
+        return
+    from edgenas.distributed import shutdown as leave_process_group
+
+    leave_process_group()
+
+
 def _other_rank() -> int | None:
     """This process's rank when it is one of several but not rank 0 (None otherwise)."""
     from edgenas.distributed import dist_from_env
@@ -76,7 +85,9 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
-                return fn(*args, **kw)
+                result = fn(*args, **kw)
+                shutdown()
+                return result
             except EdgenasError as e:
                 _print_error(e)
                 raise typer.Exit(e.exit_code) from None

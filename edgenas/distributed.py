@@ -98,6 +98,14 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank is done (destroying it explicitly, not at interpreter
+    exit, where the backend's destructors can abort a process whose peers already left)."""
+    if is_active():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def is_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 

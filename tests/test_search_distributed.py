@@ -242,3 +242,28 @@ def test_unreachable_rendezvous_is_one_line(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "could not reach the other processes" in lines[0], proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_torchrun_bad_split_prints_one_line_from_the_ranks(tmp_path):
+    """Under a real torchrun: rank 0's one line, no traceback from any edgenas process (torchrun's
+    own launcher still summarises the failed workers)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "edgenas", "search", "--data", DATA, "--batch-size", "7", "--epochs", "1",
+                           "--out", str(tmp_path / "r")], env=env, capture_output=True, text=True, timeout=300)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: --batch-size 7 does not split evenly over 2 processes (use a --batch-size divisible "
+                      "by 2)"], text[-3000:]
+    assert "exitcode  : 2" in text  # the ranks' own exit status, as torchrun reports it
+    assert "edgenas/" not in "".join(ln for ln in text.splitlines() if ln.lstrip().startswith("File "))
+    assert not (tmp_path / "r").exists()
+
+
+def test_edgenas_run_under_torchrun_says_how_to_launch(tmp_path):
+    res = CliRunner().invoke(app, ["run", "--data", DATA, "--out", str(tmp_path / "r")], env=_env(0))
+    assert res.exit_code == 2
+    line = res.output.strip()
+    assert line.count("\n") == 0 and "torchrun --nproc_per_node N -m edgenas search" in line, line
+    assert not (tmp_path / "r").exists()
