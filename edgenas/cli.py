@@ -573,6 +573,11 @@ def search_cmd(
         latency_budget_ms=parse_latency(latency_budget) if latency_budget is not None else None,
         setting=budget_setting, channels=budget_channels, layers=budget_layers, budget_batch=budget_batch,
         weight=budget_weight, profile_missing=profile_missing)
+    if profile_missing and dist_from_env().active:
+        # each rank would time the missing shapes itself, and budgets must be the same on every rank
+        raise EdgenasError("--profile-missing measures in one process, not under torchrun",
+                           "profile the shapes the search names without it (`edgenas profile --shapes "
+                           "...`) so every rank reads the same profile, then launch without --profile-missing")
     dev = resolve_device(device)
     plan = plan_budgets_for_data(budget, data, chosen.resolve_space(given_space).ops, nodes,
                                  profile_path=profile, device=dev, seed=seed)

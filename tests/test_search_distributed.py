@@ -267,3 +267,12 @@ def test_edgenas_run_under_torchrun_says_how_to_launch(tmp_path):
     line = res.output.strip()
     assert line.count("\n") == 0 and "torchrun --nproc_per_node N -m edgenas search" in line, line
     assert not (tmp_path / "r").exists()
+
+
+def test_profile_missing_is_refused_under_torchrun(tmp_path):
+    """Each rank would time the missing shapes itself: budgets could differ between ranks."""
+    res = CliRunner().invoke(app, ["search", "--data", DATA, "--latency-budget", "5ms", "--profile",
+                                   str(tmp_path / "p.json"), "--profile-missing", "--out", str(tmp_path / "r")],
+                             env=_env(0))
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "not under torchrun" in res.output, res.output
