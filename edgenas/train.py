@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
-from edgenas.distributed import barrier, init_distributed, sync_buffers
+from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
@@ -161,10 +161,11 @@ def train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, d
     run.check(resume=resume, what="train run")
     if resume:
         load_checkpoint(run.last, expect=identity, what="train checkpoint")
+    world = dist_from_env().world  # checked before joining: a bad split never waits on a rendezvous
+    if cfg.batch_size % world:
+        raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {world} processes",
+                           f"use a --batch-size divisible by {world}")
     dist_info, device = init_distributed(device)
-    if cfg.batch_size % dist_info.world:
-        raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {dist_info.world} processes",
-                           f"use a --batch-size divisible by {dist_info.world}")
     per_rank_batch = cfg.batch_size // dist_info.world
     def load(fetch: bool) -> DataBundle:
         return load_data(spec, subset=cfg.subset, test_subset=cfg.test_subset, cutout=cfg.cutout, download=fetch,

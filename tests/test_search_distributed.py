@@ -276,3 +276,19 @@ def test_profile_missing_is_refused_under_torchrun(tmp_path):
                              env=_env(0))
     assert res.exit_code == 2
     assert res.output.strip().count("\n") == 0 and "not under torchrun" in res.output, res.output
+
+
+def test_accumulate_must_divide_the_batch(tmp_path):
+    res = CliRunner().invoke(app, ["search", "--data", DATA, "--batch-size", "16", "--accumulate", "3",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "--batch-size 16 does not split evenly over 1 process x 3 micro-batches" in res.output, res.output
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_train_batch_that_does_not_split_is_one_line_on_rank_zero(tmp_path, rank):
+    res = CliRunner().invoke(app, ["train", "DARTS_V2", "--data", DATA, "--batch-size", "7", "--epochs", "1",
+                                   "--out", str(tmp_path / "r")], env=_env(rank))
+    assert res.exit_code == 2
+    assert (res.output.strip() == "") == (rank == 1), res.output
+    assert rank == 1 or "does not split evenly over 2 processes" in res.output

@@ -484,7 +484,8 @@ def check_shards(cfg: SearchConfig, world: int) -> None:
     """The global batch must split evenly over the processes and their micro-batches."""
     shards = world * cfg.accumulate
     if cfg.batch_size % shards:
-        split = f"{world} processes" + (f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else "")
+        split = f"{world} process{'es' if world > 1 else ''}" + (
+            f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else "")
         raise EdgenasError(f"--batch-size {cfg.batch_size} does not split evenly over {split}",
                            f"use a --batch-size divisible by {shards}")
 
