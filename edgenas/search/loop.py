@@ -40,7 +40,13 @@ import torch
 from torch import nn
 
 from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
-from edgenas.distributed import average_gradients, dist_from_env, init_distributed, sum_tensors, sync_buffers
+from edgenas.distributed import (
+    average_gradients,
+    dist_from_env,
+    init_distributed,
+    sum_tensors,
+    sync_buffers,
+)
 from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
