@@ -249,7 +249,8 @@ def _run_dist(args: argparse.Namespace, method: str, processes: int) -> dict[str
                           check=False)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not rows:
-        sys.exit(f"{processes}-process run of {method} failed:\n{proc.stderr[-3000:]}")
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        sys.exit(f"{processes}-process run of {method} failed: " + (errors[0] if errors else proc.stderr[-3000:]))
     return rows[-1]
 
 
@@ -363,7 +364,13 @@ def main() -> None:
         _reply(worker(args))
         return
     if args.dist_worker:
-        row = dist_worker(args)
+        from edgenas.errors import EdgenasError
+
+        try:
+            row = dist_worker(args)
+        except EdgenasError as e:  # e.g. --partial-k and --channels that do not fit: one line
+            print(e.one_line(), file=sys.stderr)
+            sys.exit(e.exit_code)
         if row is not None:
             _reply(row)
         return

@@ -94,6 +94,8 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
             except KeyboardInterrupt:
                 err_console.print("interrupted (where supported, rerun with --resume to continue)")
                 raise typer.Exit(130) from None
+            except typer.Exit:
+                raise
             except Exception as e:
                 rank = _other_rank()
                 if rank is None:
