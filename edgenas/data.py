@@ -172,23 +172,22 @@ class ImageTensors(torch.utils.data.Dataset):
         """
         x = self.images.index_select(0, indices).to(device, non_blocking=True)
         y = self.labels.index_select(0, indices).to(device, non_blocking=True)
-        aug = self.augment if draws is not None else Augment()
         b, _, h, w = x.shape
-        if aug.crop_pad > 0 and draws is not None and draws.crop is not None:
-            p = aug.crop_pad
+        if draws is not None and draws.crop is not None:
+            p = self.augment.crop_pad
             off = draws.crop[:, indices].to(device)
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             rows = (off[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
             cols = (off[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
             chans = torch.arange(x.shape[1], device=device)[None, :, None, None]
             x = padded[torch.arange(b, device=device)[:, None, None, None], chans, rows, cols]
-        if aug.flip and draws is not None and draws.flip is not None:
+        if draws is not None and draws.flip is not None:
             flip = draws.flip[indices].to(device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         x = self._normalise(x.float())
-        if aug.cutout > 0 and draws is not None and draws.cutout is not None:
+        if draws is not None and draws.cutout is not None:
             centre = draws.cutout[:, indices].to(device)
-            half = aug.cutout // 2
+            half = self.augment.cutout // 2
             ys = torch.arange(h, device=device)[None, :, None]
             xs = torch.arange(w, device=device)[None, None, :]
             # the square [c - L/2, c + L/2) clipped at the border, as in the Cutout paper's code
