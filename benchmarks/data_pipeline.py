@@ -59,12 +59,13 @@ def main() -> None:
     ds = bundle.train.with_augment(Augment(crop_pad=4, flip=True, cutout=16))
     cpu = torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
+    draws = ds.draw_augment(gen)  # one epoch's draws, looked up per image as training does
     pil_images = [Image.fromarray(img.permute(1, 2, 0).numpy().squeeze()) for img in ds.images[: args.batch * 4]]
     pil = _pil_pipeline(bundle.mean, bundle.std, 16)
 
     def ours() -> None:
         idx = torch.randint(0, len(ds), (args.batch,), generator=gen)
-        ds.batch(idx, cpu, gen)
+        ds.batch(idx, cpu, draws)
 
     def per_image() -> None:
         idx = np.random.randint(0, len(pil_images), args.batch)

@@ -28,8 +28,15 @@ and its operators. `--ops` gives every method the same operators (e.g. one candi
 `--busy N` instead times each method's step alternately quiet and beside N busy loops and
 reports the slowdown; `--spin-count` sets the workers' OpenMP spin (300000: libgomp's default).
 
+`--nproc N` instead compares, per method, N processes x 1 thread (``torch.distributed.run``, gloo on
+the CPU, NCCL with one GPU each) against 1 process x N threads, at the same global batch: images per
+second of the distributed search step (each rank takes batch/N images of each half and the two
+optimisers' gradients are all-reduced, exactly as ``edgenas search`` under torchrun). The two
+configurations run one after the other, ``--rounds`` times alternating.
+
     .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5] [--base]
     .venv/bin/python benchmarks/search_step.py --methods el_darts --busy 1 [--spin-count 300000]
+    .venv/bin/python benchmarks/search_step.py --nproc 2 [--methods darts] [--steps 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -171,6 +178,116 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
             "arch_params": sum(p.numel() for p in net.arch_parameters())}
 
 
+# --- --nproc: N processes x 1 thread against 1 process x N threads ---------------------------------
+
+def dist_worker(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One rank (or the one process) of the --nproc comparison: timed distributed search steps."""
+    import torch
+
+    from edgenas.device import keep_cpu_memory, resolve_device
+    from edgenas.distributed import barrier, init_distributed, shutdown
+    from edgenas.search import make_method
+    from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
+    from edgenas.search.supernet import Supernet, SupernetConfig
+
+    torch.set_num_threads(args.threads)
+    info, device = init_distributed(resolve_device(args.device))
+    if device.type == "cpu":
+        keep_cpu_memory()
+    torch.manual_seed(0)  # the same supernet on every rank, as a search starts
+    method = make_method(args.dist_worker)
+    ops = method.resolve_space(_space(args.ops)).ops
+    net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
+                             cell_residual=method.cell_residual)
+    method.check(net_cfg)
+    cfg = SearchConfig(batch_size=args.batch, channels=args.channels, layers=args.layers, nodes=args.nodes,
+                       channels_last={"auto": None, "channels_last": True, "contiguous": False}[args.format])
+    cl = use_channels_last(cfg, device)
+    net = Supernet(method, net_cfg, device=device)
+    if cl:
+        net = net.to(memory_format=torch.channels_last)
+    step = BilevelStep(net, cfg, channels_last=cl)
+    per_rank = args.batch // info.world
+    g = torch.Generator().manual_seed(1 + info.rank)  # each rank its own shard
+    xs = [torch.randn(per_rank, 3, args.hw, args.hw, generator=g).to(device) for _ in range(2)]
+    ys = [torch.randint(0, 10, (per_rank,), generator=g).to(device) for _ in range(2)]
+    cuda = device.type == "cuda"
+
+    def one_step() -> float:
+        barrier()
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step.arch_step(xs[1], ys[1], epoch=0)
+        step.weight_step(xs[0], ys[0])
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for _ in range(args.warmup):
+        one_step()
+    times = [one_step() for _ in range(args.steps)]
+    shutdown()
+    if not info.main:
+        return None
+    t = statistics.median(times)
+    return {"method": args.dist_worker, "processes": info.world, "threads": torch.get_num_threads(),
+            "backend": ("nccl" if cuda else "gloo") if info.active else "-", "device": str(device),
+            "step_s": t, "step_s_all": [round(v, 4) for v in times], "images_per_s": 2 * args.batch / t}
+
+
+def _dist_command(args: argparse.Namespace, method: str, processes: int) -> list[str]:
+    common = [str(Path(__file__).resolve()), "--dist-worker", method, "--channels", str(args.channels),
+              "--layers", str(args.layers), "--nodes", str(args.nodes), "--batch", str(args.batch),
+              "--hw", str(args.hw), "--steps", str(args.steps), "--warmup", str(args.warmup),
+              "--device", args.device, "--format", args.format, "--ops", args.ops]
+    if processes == 1:
+        return [sys.executable, *common, "--threads", str(args.nproc)]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            *common, "--threads", "1"]
+
+
+def _run_dist(args: argparse.Namespace, method: str, processes: int) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if processes > 1 else str(args.nproc),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(_dist_command(args, method, processes), env=env, capture_output=True, text=True,
+                          check=False)
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not rows:
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        sys.exit(f"{processes}-process run of {method} failed: " + (errors[0] if errors else proc.stderr[-3000:]))
+    return rows[-1]
+
+
+def compare_processes(args: argparse.Namespace) -> None:
+    """The --nproc table: per method, N x 1 against 1 x N, alternating ``--rounds`` times."""
+    if args.batch % args.nproc:
+        sys.exit(f"--batch {args.batch} does not split over --nproc {args.nproc}: use a multiple of it")
+    rows = []
+    for method in args.methods.split(","):
+        runs: dict[int, list[dict[str, Any]]] = {1: [], args.nproc: []}
+        for _ in range(args.rounds):
+            for processes in (1, args.nproc):
+                runs[processes].append(_run_dist(args, method, processes))
+                print(f"measured {method}, {processes} process(es)", file=sys.stderr)
+        for processes, rs in runs.items():
+            rows.append({**rs[-1], "images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                         "images_per_s_rounds": [round(r["images_per_s"], 2) for r in rs]})
+    load = os.getloadavg()
+    if args.json:
+        print(json.dumps({"settings": vars(args), "loadavg": load, "rows": rows}, indent=2))
+        return
+    print(f"distributed search step (1 architecture + 1 weight step, gradients all-reduced) at global batch "
+          f"{args.batch}: C={args.channels}, {args.layers} cells, {args.nodes} nodes, {args.hw}x{args.hw}, "
+          f"device {args.device}; {args.warmup} warm-up then {args.steps} timed steps (median), "
+          f"{args.rounds} round(s) alternating, median over rounds")
+    print(f"{'method':<12}{'processes':>10}{'threads':>8}{'backend':>9}{'s/step':>9}{'img/s':>9}  rounds img/s")
+    for r in rows:
+        print(f"{r['method']:<12}{r['processes']:>10}{r['threads']:>8}{r['backend']:>9}{r['step_s']:>9.3f}"
+              f"{r['images_per_s']:>9.1f}  {r['images_per_s_rounds']}")
+    print(f"load average at the end (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 def _policy(args: argparse.Namespace) -> str:
     return os.environ.get("OMP_WAIT_POLICY", "unset") if args.omp_wait == "inherit" else args.omp_wait.upper()
 
@@ -250,13 +367,28 @@ def main() -> None:
                    help="run N busy loops beside the workers in alternate steps and report, per method, the "
                         "median step with them running over the median without (the slowdown under load)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--nproc", type=int, default=0,
+                   help="compare N processes x 1 thread with 1 process x N threads (see above)")
+    p.add_argument("--rounds", type=int, default=2, help="--nproc: alternating rounds of the two runs")
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--dist-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         _reply(worker(args))
         return
     if args.busy:
         busy_main(args)
+        return
+    if args.dist_worker:
+        from edgenas.errors import EdgenasError
+
+        try:
+            row = dist_worker(args)
+        except EdgenasError as e:  # e.g. --partial-k and --channels that do not fit: one line
+            print(e.one_line(), file=sys.stderr)
+            sys.exit(e.exit_code)
+        if row is not None:
+            _reply(row)
         return
 
     names = args.methods.split(",")
@@ -270,6 +402,9 @@ def main() -> None:
     except EdgenasError as e:
         print(e.one_line(), file=sys.stderr)
         sys.exit(e.exit_code)
+    if args.nproc:
+        compare_processes(args)
+        return
     ref_name = "darts" if "darts" in names else names[0]
     ref = Worker(ref_name, args)
     rows: dict[str, dict[str, Any]] = {}

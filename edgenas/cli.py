@@ -51,7 +51,28 @@ def out_console(json_mode: bool, quiet: bool) -> Console:
 
 
 def _print_error(e: EdgenasError) -> None:
-    err_console.print(e.one_line(), markup=False, highlight=False, soft_wrap=True)
+    from edgenas.distributed import dist_from_env
+
+    # Under torchrun every rank meets the same bad input; rank 0 speaks for all of them.
+    if dist_from_env().main:
+        err_console.print(e.one_line(), markup=False, highlight=False, soft_wrap=True)
+
+
+def shutdown() -> None:
+    """Leave a torchrun process group, if the command joined one."""
+    if "torch.distributed" not in sys.modules:  # a command that never imported torch joined nothing
+        return
+    from edgenas.distributed import shutdown as leave_process_group
+
+    leave_process_group()
+
+
+def _other_rank() -> int | None:
+    """This process's rank when it is one of several but not rank 0 (None otherwise)."""
+    from edgenas.distributed import dist_from_env
+
+    info = dist_from_env()
+    return info.rank if info.active and not info.main else None
 
 
 def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
@@ -64,7 +85,9 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
             try:
-                return fn(*args, **kw)
+                result = fn(*args, **kw)
+                shutdown()
+                return result
             except EdgenasError as e:
                 _print_error(e)
                 raise typer.Exit(e.exit_code) from None
@@ -77,6 +100,17 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
             except KeyboardInterrupt:
                 err_console.print("interrupted (where supported, rerun with --resume to continue)")
                 raise typer.Exit(130) from None
+            except typer.Exit:
+                raise
+            except Exception as e:
+                rank = _other_rank()
+                if rank is None:
+                    raise
+                # a rank whose peer stopped (rank 0 reports why) fails inside a collective: one line
+                first = (str(e).splitlines() or [""])[0][:160]
+                err_console.print(f"rank {rank} stopped: {type(e).__name__}: {first}", markup=False,
+                                  highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
 
         typer_app.command(name, **kwargs)(wrapper)
         return fn
@@ -411,7 +445,7 @@ def train_cmd(
 
     from edgenas.device import resolve_device
     from edgenas.genotypes import load_genotype
-    from edgenas.runs import dist_from_env
+    from edgenas.distributed import dist_from_env
     from edgenas.train import TrainConfig, default_run_folder, genotype_label, protocol_defaults, train
 
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
@@ -479,7 +513,8 @@ def search_cmd(
     epochs: int = typer.Option(50, "--epochs", min=1, help="Search epochs."),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="Epochs before architecture "
                                                 "updates start [the method's share: 0; 30% for PC-DARTS family]."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per step, for each half."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per step, for each half (global: "
+                                   "split over torchrun processes)."),
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Cells [8; 5 for swd]."),
     channels: int = typer.Option(16, "--channels", min=2, help="Initial channels C."),
     nodes: int = typer.Option(4, "--nodes", min=1, help="Intermediate nodes per cell."),
@@ -494,6 +529,8 @@ def search_cmd(
     subset: Optional[int] = typer.Option(None, "--subset", min=1, help="Use a class-balanced N training images."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on for CPU (measured faster), off on CUDA]."),
+    accumulate: int = typer.Option(1, "--accumulate", min=1, help="Split each batch into N interleaved "
+                                   "micro-batches (gradients averaged): what N torchrun processes compute."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
@@ -523,8 +560,10 @@ def search_cmd(
 
     With --mac-budget / --latency-budget the search adds a penalty on the expected cost and derives
     the best genotype that meets every budget exactly (or stops at once, naming the minimum).
+    Works under torchrun (one process per GPU, or gloo on CPUs); rank 0 writes and prints.
     """
     from edgenas.device import resolve_device
+    from edgenas.distributed import dist_from_env
     from edgenas.search import make_method
     from edgenas.search.loop import SearchConfig, default_run_folder, search
     from edgenas.space import SearchSpace
@@ -535,7 +574,7 @@ def search_cmd(
     given_space = SearchSpace.load(space) if space is not None else None
     cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
                        channels=channels, nodes=nodes, seed=seed, subset=subset, lr=lr, arch_lr=arch_lr,
-                       channels_last=channels_last)
+                       channels_last=channels_last, accumulate=accumulate)
     from edgenas.costs import parse_count
     from edgenas.files import write_json
     from edgenas.search.budgets import BUDGET_FORMAT, BudgetSpec, parse_latency, plan_budgets_for_data
@@ -545,14 +584,22 @@ def search_cmd(
         latency_budget_ms=parse_latency(latency_budget) if latency_budget is not None else None,
         setting=budget_setting, channels=budget_channels, layers=budget_layers, budget_batch=budget_batch,
         weight=budget_weight, profile_missing=profile_missing)
+    if profile_missing and dist_from_env().active:
+        # each rank would time the missing shapes itself, and budgets must be the same on every rank
+        raise EdgenasError("--profile-missing measures in one process, not under torchrun",
+                           "profile the shapes the search names without it (`edgenas profile --shapes "
+                           "...`) so every rank reads the same profile, then launch without --profile-missing")
     dev = resolve_device(device)
     plan = plan_budgets_for_data(budget, data, chosen.resolve_space(given_space).ops, nodes,
                                  profile_path=profile, device=dev, seed=seed)
     run_dir = out or default_run_folder(method)
+    main_rank = dist_from_env().main
     result = search(chosen, given_space, cfg, data, out=run_dir, device=dev,
-                    resume=resume, stop_after=stop_after, quiet=quiet,
+                    resume=resume, stop_after=stop_after, quiet=quiet or not main_rank,
                     space_source=str(space) if space is not None else None,
                     penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
+    if not main_rank:
+        return
     summary = result.summary()
     if plan is not None and not result.loop.stopped_early:
         check = plan.report_from_record(result.loop.history.records[-1])

@@ -7,8 +7,10 @@ instead of per image with PIL in worker processes: on a 2-core machine this keep
 input pipeline, the bottleneck, and it needs no worker processes.
 
 Randomness: the order of epoch ``e`` comes from ``DistributedSampler(seed, epoch)`` (world 1 for a
-plain run) and the augmentation from a generator seeded with ``(seed, epoch, rank)``, so an epoch's
-batches are a pure function of those numbers and ``--resume`` needs no loader state.
+plain run; the ranks take interleaved shards of the one permutation) and each image's augmentation
+from a generator seeded with ``(seed, epoch)``, drawn per image, so an epoch's batches are a pure
+function of those numbers and the rank, ``--resume`` needs no loader state, and N processes with
+batch B see exactly the images, augmented alike, that one process sees with batch N * B.
 
 Image folders (``train/<class>/*``, ``test/<class>/*``, or a ``.tar``/``.tar.gz`` holding them) are
 decoded once and the decoded arrays cached on disk (``$EDGENAS_CACHE_DIR`` or
@@ -34,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.distributed import DistInfo
 from edgenas.errors import EdgenasError
 from edgenas.files import atomic_path
-from edgenas.runs import DistInfo
 
 KINDS = ("cifar10", "cifar100", "imagefolder", "fashion-mnist", "synthetic")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -146,26 +148,22 @@ class ImageTensors(torch.utils.data.Dataset):
         std = x.new_tensor(self.std).view(1, -1, 1, 1) * 255.0
         return (x - mean) / std
 
-    @staticmethod
-    def _draws(aug: Augment, b: int, h: int, w: int, generator: torch.Generator | None,
-               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Crop offsets (2, b), flips (b,) and cutout centres (2, b), drawn on the CPU in a fixed
-        order and moved to ``device`` in one transfer (from pinned memory on a GPU)."""
-        parts = []
-        if aug.crop_pad > 0:
-            parts.append(torch.randint(0, 2 * aug.crop_pad + 1, (2, b), generator=generator))
-        if aug.flip:
-            parts.append((torch.rand(b, generator=generator) < 0.5).to(torch.int64)[None])
-        if aug.cutout > 0:
-            parts.append(torch.stack([torch.randint(0, h, (b,), generator=generator),
-                                      torch.randint(0, w, (b,), generator=generator)]))
-        rows = torch.cat(parts) if parts else torch.zeros((0, b), dtype=torch.int64)
-        if device.type == "cuda":
-            rows = rows.pin_memory().to(device, non_blocking=True)
-        off = rows[:2] if aug.crop_pad > 0 else rows[:0]
-        flip = rows[2 * (aug.crop_pad > 0)].bool() if aug.flip else rows[:0, 0].bool()
-        centre = rows[-2:] if aug.cutout > 0 else rows[:0]
-        return off, flip, centre
+    def draw_augment(self, generator: torch.Generator) -> AugmentDraws | None:
+        """The random augmentation parameters of every image for one epoch (None: no augmentation).
+
+        Drawn for the whole set at once and looked up by image index, so an image's augmentation in
+        an epoch does not depend on which batch or which rank it lands in: a search or training on
+        N processes sees exactly the images one process sees with an N times larger batch.
+        """
+        aug = self.augment
+        if aug == Augment():
+            return None
+        n, _, h, w = self.images.shape
+        off = torch.randint(0, 2 * aug.crop_pad + 1, (2, n), generator=generator) if aug.crop_pad > 0 else None
+        flip = torch.rand(n, generator=generator) < 0.5 if aug.flip else None
+        centre = (torch.stack([torch.randint(0, h, (n,), generator=generator),
+                               torch.randint(0, w, (n,), generator=generator)]) if aug.cutout > 0 else None)
+        return AugmentDraws(off, flip, centre)
 
     def _gather(self, indices: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's uint8 images and labels on ``device``.
@@ -189,28 +187,29 @@ class ImageTensors(torch.utils.data.Dataset):
         return self._stager.stage(self.images, self.labels, indices, device)
 
     def batch(self, indices: torch.Tensor, device: torch.device,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              draws: AugmentDraws | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, move (as uint8: 4x less to copy), augment and normalise one batch on ``device``.
 
-        The random parameters are drawn on the CPU from ``generator`` so a batch is the same
-        whatever the device.
+        ``draws`` (from :meth:`draw_augment`, on the CPU) hold the random parameters, so a batch is
+        the same whatever the device; without them the batch is not augmented.
         """
         x, y = self._gather(indices, device)
-        aug = self.augment if generator is not None else Augment()
         b, _, h, w = x.shape
-        off, flip, centre = self._draws(aug, b, h, w, generator, device)
-        if aug.crop_pad > 0:
-            p = aug.crop_pad
+        draws = draws.take(indices, device) if draws is not None else AugmentDraws(None, None, None)
+        if draws.crop is not None:
+            p = self.augment.crop_pad
+            off = draws.crop
             padded = torch.nn.functional.pad(x, (p, p, p, p))
             rows = (off[0, :, None] + torch.arange(h, device=device))[:, None, :, None]
             cols = (off[1, :, None] + torch.arange(w, device=device))[:, None, None, :]
             chans = torch.arange(x.shape[1], device=device)[None, :, None, None]
             x = padded[torch.arange(b, device=device)[:, None, None, None], chans, rows, cols]
-        if aug.flip:
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        if draws.flip is not None:
+            x = torch.where(draws.flip[:, None, None, None], x.flip(3), x)
         x = self._normalise(x.float())
-        if aug.cutout > 0:
-            half = aug.cutout // 2
+        if draws.cutout is not None:
+            centre = draws.cutout
+            half = self.augment.cutout // 2
             ys = torch.arange(h, device=device)[None, :, None]
             xs = torch.arange(w, device=device)[None, None, :]
             # the square [c - L/2, c + L/2) clipped at the border, as in the Cutout paper's code
@@ -250,6 +249,31 @@ class _PinnedStager:
         self.slots[self.turn] = slot
         self.turn = 1 - self.turn
         return x, y
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """One epoch's random augmentation parameters, one column per image of the set."""
+
+    crop: torch.Tensor | None    # (2, N) crop offsets (rows, columns) into the padded image
+    flip: torch.Tensor | None    # (N,) bool
+    cutout: torch.Tensor | None  # (2, N) centres of the cutout squares
+
+    def take(self, indices: torch.Tensor, device: torch.device) -> AugmentDraws:
+        """The draws of the images at ``indices``, moved to ``device`` in one transfer (from pinned
+        memory on a GPU, so the copy does not block the host)."""
+        parts = [t for t in (self.crop, None if self.flip is None else self.flip[None].long(), self.cutout)
+                 if t is not None]
+        if not parts:
+            return self
+        rows = torch.cat(parts).index_select(1, indices)
+        if device.type == "cuda":
+            rows = rows.pin_memory().to(device, non_blocking=True)
+        else:
+            rows = rows.to(device)
+        crop, rest = (rows[:2], rows[2:]) if self.crop is not None else (None, rows)
+        flip, rest = (rest[0].bool(), rest[1:]) if self.flip is not None else (None, rest)
+        return AugmentDraws(crop, flip, rest if self.cutout is not None else None)
 
 
 @dataclass
@@ -324,14 +348,14 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
-        gen = None
-        if self.augment:
-            seed = int(np.random.SeedSequence([self.seed, self.epoch, self.dist.rank]).generate_state(1)[0])
-            gen = torch.Generator().manual_seed(seed)
+        draws = None
+        if self.augment:  # the same draws on every rank: see ImageTensors.draw_augment
+            seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            draws = self.ds.draw_augment(torch.Generator().manual_seed(seed))
         if self._drops_last(len(idx)):
             idx = idx[:-1]
         for start in range(0, len(idx), self.batch_size):
-            yield self.ds.batch(idx[start : start + self.batch_size], self.device, gen)
+            yield self.ds.batch(idx[start : start + self.batch_size], self.device, draws)
 
 
 def make_loader(ds: ImageTensors, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from edgenas.distributed import dist_from_env
 from edgenas.errors import EdgenasError
 from edgenas.files import claim_run_folder, read_json, write_json
 from edgenas.values import check_seed, conform, field_types
@@ -285,6 +286,12 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
     """Run every stage into ``out``. ``stop_after_stage``/``stop_after_epochs`` end the call early,
     as an interruption would (for tests of ``resume``)."""
     out = Path(out)
+    if dist_from_env().active:
+        # profiling and export measure one device in one process; only search and train spread
+        raise EdgenasError(
+            "edgenas run does not run under torchrun (its profile and export stages time one process)",
+            f"run it plainly, or run the stages with torchrun --nproc_per_node N -m edgenas search "
+            f"--space {out}/space.json ... and torchrun --nproc_per_node N -m edgenas train ...")
     with claim_run_folder(out, "pipeline", legacy=_legacy_kind,
                           worth_keeping=lambda root: (root / "stages.json").exists()):
         check_stages(cfg, device)

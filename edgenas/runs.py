@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from edgenas.device import keep_cpu_memory
+from edgenas.distributed import DistInfo, all_reduce_sum, gather_objects
 from edgenas.errors import EdgenasError
 from edgenas.values import check_seed
 from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, read_json, write_json, write_text_atomic
@@ -251,95 +251,6 @@ def _legacy_kind(root: Path) -> str | None:
     if isinstance(doc, dict) and doc.get("format") == RUN_FORMAT and isinstance(doc.get("kind"), str):
         return str(doc["kind"])
     return None
-
-
-# --- distributed -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits in a ``torchrun`` job (world 1, rank 0 when run plainly)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-
-def dist_from_env() -> DistInfo:
-    """Read ``torchrun``'s RANK/WORLD_SIZE/LOCAL_RANK; a plain run is world 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group ``torchrun`` set up: NCCL on GPUs, gloo on the CPU.
-
-    On CUDA each process takes the GPU of its local rank; returns the device this rank uses.
-    """
-    info = dist_from_env()
-    if not info.active:
-        return info, device
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        if info.local_rank >= torch.cuda.device_count():
-            raise EdgenasError(f"local rank {info.local_rank} has no GPU ({torch.cuda.device_count()} visible)",
-                               "use --nproc_per_node no larger than the number of GPUs")
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all ranks (no-op when not distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` (a one-element list when not distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def sync_buffers(model: nn.Module) -> None:
-    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
-
-    DDP broadcasts buffers at the start of each forward, so after the last training step each rank
-    holds statistics of its own last batch; evaluation and checkpoints need one agreed set.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    for buf in unwrap(model).buffers():
-        dist.broadcast(buf, src=0)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The network inside a DistributedDataParallel wrapper (itself otherwise)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 # --- progress ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from torch import nn
 
 from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
 from edgenas.device import amp_for_capability
+from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
@@ -37,13 +38,10 @@ from edgenas.runs import (
     Precision,
     RunDir,
     RunningMean,
-    dist_from_env,
     evaluate,
-    init_distributed,
     load_checkpoint,
     run_epochs,
     seed_everything,
-    sync_buffers,
     topk_correct,
 )
 
@@ -185,10 +183,11 @@ def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, 
     run.check(resume=resume, what="train run")
     if resume:
         load_checkpoint(run.last, expect=identity, what="train checkpoint")
+    world = dist_from_env().world  # checked before joining: a bad split never waits on a rendezvous
+    if cfg.batch_size % world:
+        raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {world} processes",
+                           f"use a --batch-size divisible by {world}")
     dist_info, device = init_distributed(device)
-    if cfg.batch_size % dist_info.world:
-        raise EdgenasError(f"batch size {cfg.batch_size} does not split evenly over {dist_info.world} processes",
-                           f"use a --batch-size divisible by {dist_info.world}")
     per_rank_batch = cfg.batch_size // dist_info.world
     if cfg.auxiliary_weight > 0 and per_rank_batch < 2:
         raise EdgenasError(f"batch size {cfg.batch_size} over {dist_info.world} processes leaves one image per "
@@ -200,7 +199,7 @@ def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, 
 
     if download and dist_info.active:  # one process downloads (and fills the decode cache), then the rest read
         bundle = load(True) if dist_info.main else None
-        torch.distributed.barrier()
+        barrier()
         bundle = bundle or load(False)
     else:
         bundle = load(download)

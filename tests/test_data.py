@@ -20,8 +20,8 @@ from edgenas.data import (
     parse_data_spec,
     search_split,
 )
+from edgenas.distributed import DistInfo
 from edgenas.errors import EdgenasError
-from edgenas.runs import DistInfo
 
 CPU = torch.device("cpu")
 needs_fashion = pytest.mark.skipif(
@@ -83,14 +83,14 @@ def _toy(n=12, c=3, hw=8):
 def test_batch_crop_and_flip_match_a_per_image_reference():
     ds = _toy().with_augment(Augment(crop_pad=2, flip=True))
     idx = torch.tensor([3, 0, 7, 5])
-    x, y = ds.batch(idx, CPU, torch.Generator().manual_seed(11))
-    g = torch.Generator().manual_seed(11)  # replay the same draws
-    off = torch.randint(0, 5, (2, 4), generator=g)
-    flip = torch.rand(4, generator=g) < 0.5
+    x, y = ds.batch(idx, CPU, ds.draw_augment(torch.Generator().manual_seed(11)))
+    g = torch.Generator().manual_seed(11)  # replay the same draws: one column per image of the set
+    off = torch.randint(0, 5, (2, len(ds)), generator=g)
+    flip = torch.rand(len(ds), generator=g) < 0.5
     for i, j in enumerate(idx.tolist()):
         padded = torch.nn.functional.pad(ds.images[j].float(), (2, 2, 2, 2))
-        ref = padded[:, off[0, i] : off[0, i] + 8, off[1, i] : off[1, i] + 8]
-        ref = ref.flip(2) if flip[i] else ref
+        ref = padded[:, off[0, j] : off[0, j] + 8, off[1, j] : off[1, j] + 8]
+        ref = ref.flip(2) if flip[j] else ref
         assert torch.allclose(x[i], (ref - 127.5) / 63.75)
     assert torch.equal(y, ds.labels[idx])
 
@@ -98,7 +98,7 @@ def test_batch_crop_and_flip_match_a_per_image_reference():
 def test_cutout_zeroes_one_square_after_normalising():
     ds = ImageTensors(torch.full((6, 1, 16, 16), 255, dtype=torch.uint8), torch.zeros(6), [0.0], [1.0],
                       Augment(cutout=4))
-    x, _ = ds.batch(torch.arange(6), CPU, torch.Generator().manual_seed(0))
+    x, _ = ds.batch(torch.arange(6), CPU, ds.draw_augment(torch.Generator().manual_seed(0)))
     zeros = (x == 0).sum(dim=(1, 2, 3))
     assert (zeros >= 4).all() and (zeros <= 16).all()  # a 4x4 square, clipped at the border
     assert ((x == 0) | (x == 1)).all()  # mean 0, std 1 on the 0..1 scale
@@ -126,6 +126,18 @@ def test_loader_shards_are_disjoint_across_ranks():
     train_ranks = [torch.cat([y for _, y in make_loader(ds, 3, shuffle=True, dist=DistInfo(r, 2, r))])
                    for r in range(2)]
     assert len(train_ranks[0]) == len(train_ranks[1]) == 6  # DistributedSampler pads to equal shards
+
+
+def test_two_ranks_see_one_process_batches_augmented_alike():
+    """Rank r's batch k is the r-th interleaved half of the one-process batch k of twice the size,
+    with each image augmented alike: what makes a distributed search equal a one-process one."""
+    ds = _toy(16).with_augment(Augment(crop_pad=2, flip=True, cutout=2))
+    one = list(make_loader(ds, 8, shuffle=True, seed=3, epoch=1))
+    ranks = [list(make_loader(ds, 4, shuffle=True, seed=3, epoch=1, dist=DistInfo(r, 2, r))) for r in range(2)]
+    assert len(one) == len(ranks[0]) == len(ranks[1]) == 2
+    for k, (x, y) in enumerate(one):
+        for r in range(2):
+            assert torch.equal(ranks[r][k][0], x[r::2]) and torch.equal(ranks[r][k][1], y[r::2])
 
 
 def _write_folder(root: Path, classes=("cat", "dog"), per_class=3, gray_class=None, size=8):

@@ -226,15 +226,17 @@ def test_cost_model_builds_its_device_tables_once():
 
 # --- batches: one transfer of the random draws -----------------------------------------------------------
 
-def test_batch_draws_keep_the_generator_order():
+def test_batch_draws_move_in_one_transfer_and_keep_their_values():
     from edgenas.data import Augment, ImageTensors
 
-    aug = Augment(crop_pad=2, flip=True, cutout=4)
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    off, flip, centre = ImageTensors._draws(aug, 5, 8, 9, g1, CPU)
-    want_off = torch.randint(0, 5, (2, 5), generator=g2)
-    want_flip = torch.rand(5, generator=g2) < 0.5
-    want_centre = torch.stack([torch.randint(0, 8, (5,), generator=g2), torch.randint(0, 9, (5,), generator=g2)])
-    assert torch.equal(off, want_off) and torch.equal(flip, want_flip) and torch.equal(centre, want_centre)
-    _, flip_only, _ = ImageTensors._draws(Augment(flip=True), 5, 8, 9, torch.Generator().manual_seed(3), CPU)
-    assert torch.equal(flip_only, torch.rand(5, generator=torch.Generator().manual_seed(3)) < 0.5)
+    images = torch.randint(0, 256, (7, 3, 8, 9), dtype=torch.uint8)
+    for aug in (Augment(crop_pad=2, flip=True, cutout=4), Augment(flip=True), Augment(cutout=4)):
+        ds = ImageTensors(images, torch.arange(7) % 2, (0.5,) * 3, (0.25,) * 3, aug)
+        draws = ds.draw_augment(torch.Generator().manual_seed(3))
+        idx = torch.tensor([5, 0, 3])
+        got = draws.take(idx, CPU)
+        for name in ("crop", "flip", "cutout"):
+            full, part = getattr(draws, name), getattr(got, name)
+            assert (full is None) == (part is None)
+            if full is not None:
+                assert part.dtype == full.dtype and torch.equal(part, full[..., idx])

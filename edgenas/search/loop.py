@@ -11,7 +11,18 @@ kernels (the architecture step needs no convolution weight gradients) and the we
 keep operator outputs alive for alpha's gradient.
 
 Epochs, checkpoints, exact resume, history and progress are :func:`edgenas.runs.run_epochs`; this
-module says what one search epoch does and what it records. Extra architecture-loss terms come from
+module says what one search epoch does and what it records.
+
+Distributed (``torchrun``): ``batch_size`` is the global batch of each half, split evenly over the
+processes; every rank takes its interleaved shard of both halves, builds the same supernet from the
+same seed, and averages the gradients of the group it steps (weights, or every architecture
+parameter: alphas, edge coefficients, attention modules) with one all-reduce after backward and
+before clipping, so weights and architecture stay identical on every rank. Method terms (entropy,
+temperature) and budget penalties depend only on the architecture and the epoch, so every rank
+computes the same ones. BatchNorm normalises each rank's shard with that shard's statistics, as in
+training's DDP (no per-layer synchronisation: a supernet has hundreds of BatchNorms per step):
+``accumulate`` gives one process the same arithmetic, splitting each batch into that many
+interleaved micro-batches whose gradients are averaged. Extra architecture-loss terms come from
 the method (e.g. EL-DARTS' entropy) and from ``penalties`` (e.g. a MAC or latency budget), all
 added in :meth:`BilevelStep.arch_step`, the one place the architecture loss is formed.
 """
@@ -30,6 +41,14 @@ import torch
 from torch import nn
 
 from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
+from edgenas.distributed import (
+    average_gradients,
+    dist_from_env,
+    init_distributed,
+    sum_tensors,
+    sync_buffers,
+)
+from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
 from edgenas.ops import get_op
@@ -48,7 +67,7 @@ from edgenas.runs import (
 )
 from edgenas.search.budgets import CELL_TYPES, derive
 from edgenas.search.methods.base import Method
-from edgenas.search.supernet import Supernet, SupernetConfig, freeze
+from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
 
 OpWeights = Mapping[str, torch.Tensor]
@@ -88,6 +107,7 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     grad_clip: float = 5.0
     channels_last: bool | None = None  # None: on for the CPU (measured faster there), off on CUDA
+    accumulate: int = 1               # interleaved micro-batches per batch (what as many ranks would take)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
@@ -101,7 +121,8 @@ class SearchConfig:
                   ("layers", self.layers is None or self.layers >= 1),
                   ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs),
                   ("subset", self.subset is None or self.subset >= 1), ("lr", self.lr is None or self.lr > 0),
-                  ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0)]
+                  ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0),
+                  ("accumulate", 1 <= self.accumulate <= self.batch_size)]
         for name, ok in checks:
             if ok:
                 continue
@@ -121,9 +142,11 @@ class SearchConfig:
         return min(round(method.warmup_fraction * self.epochs), self.epochs - 1)
 
     def identity(self) -> dict[str, Any]:
-        """What a resumed run must share with its checkpoint: everything but the memory format."""
+        """What a resumed run must share with its checkpoint: everything but the memory format and
+        how the batch is split (checked against the world size by :func:`check_shards`)."""
         d = asdict(self)
         d.pop("channels_last")
+        d.pop("accumulate")
         return d
 
 
@@ -212,23 +235,56 @@ class BilevelStep:
         total = loss + sum(terms.values()) if terms else loss
         return total, logits, {"ce": loss, **terms}
 
+    def _shards(self, n: int) -> list[slice]:
+        """The interleaved micro-batches of a batch of ``n`` (``accumulate`` of them, fewer for a
+        short last batch): the shards that many ranks would take of it."""
+        return [slice(j, None, self.cfg.accumulate) for j in range(min(self.cfg.accumulate, n))]
+
     def arch_step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with freeze(self.weights):
-            total, logits, terms = self.arch_loss(x, y, epoch)
         self.a_opt.zero_grad(set_to_none=True)
-        total.backward()
+        shards = self._shards(len(y))
+        logits: torch.Tensor | None = None
+        logged: dict[str, torch.Tensor] = {}
+        for part in shards:
+            with freeze(self.weights):
+                total, part_logits, terms = self.arch_loss(x[part], y[part], epoch)
+            (total / len(shards)).backward()
+            logits = _place(logits, part_logits.detach(), part, len(y))
+            for k, v in terms.items():  # per-shard means, averaged as the ranks' means are
+                logged[k] = logged.get(k, 0.0) + v.detach() / len(shards)
+        average_gradients(self.arch)
         self.a_opt.step()
-        return logits.detach(), {k: v.detach() for k, v in terms.items()}
+        assert logits is not None
+        return logits, logged
 
     def weight_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with freeze(self.arch):
-            logits = self.net(self._input(x))
-        loss = nn.functional.cross_entropy(logits, y)
         self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        shards = self._shards(len(y))
+        logits: torch.Tensor | None = None
+        mean_loss = torch.zeros((), device=y.device)
+        for part in shards:
+            with freeze(self.arch):
+                part_logits = self.net(self._input(x[part]))
+            loss = nn.functional.cross_entropy(part_logits, y[part]) / len(shards)
+            loss.backward()
+            logits = _place(logits, part_logits.detach(), part, len(y))
+            mean_loss = mean_loss + loss.detach()
+        # averaged before clipping: every rank clips the same global-batch gradient by the same norm
+        average_gradients(self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.cfg.grad_clip)
         self.w_opt.step()
-        return logits.detach(), loss.detach()
+        assert logits is not None
+        return logits, mean_loss
+
+
+def _place(into: torch.Tensor | None, part: torch.Tensor, where: slice, n: int) -> torch.Tensor:
+    """Put a micro-batch's logits back at its rows of the whole batch."""
+    if into is None:
+        if where == slice(0, None, 1):
+            return part
+        into = part.new_empty((n, *part.shape[1:]))
+    into[where] = part
+    return into
 
 
 # --- the search ----------------------------------------------------------------------------------
@@ -305,16 +361,22 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
     identity = {"method": method.name, "method_settings": method.settings(), "ops": list(space.ops),
                 "data": str(spec), **cfg.identity()}
     run.check(resume=resume, what="search run")
-    if resume:
-        load_checkpoint(run.last, expect=identity, what="search checkpoint")
+    saved = load_checkpoint(run.last, expect=identity, what="search checkpoint")["config"] if resume else None
+    check_shards(cfg, dist_from_env().world)  # before joining: a bad split never waits on a rendezvous
+    dist_info, device = init_distributed(device)
 
     bundle = load_data(spec, subset=cfg.subset, seed=cfg.seed)
     w_data, a_data = search_split(bundle, cfg.seed)
     if len(w_data) < 1 or len(a_data) < 1:
         raise EdgenasError(f"{spec} has {len(bundle.train)} training image(s): too few to split into halves "
                            "for the weights and the architecture", "use a larger dataset or --subset (at least 2)")
+    if saved is not None:
+        check_resume_layout(saved, cfg, dist_info.world, (len(w_data), len(a_data)))
     net_cfg = replace(net_cfg, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    per_rank_batch = cfg.batch_size // dist_info.world
 
+    # the same seed on every rank: the same initial weights and architecture, and the same draws
+    # of any method randomness after it
     seed_everything(cfg.seed)
     net = Supernet(method, net_cfg, device=device)
     channels_last = use_channels_last(cfg, device)
@@ -323,8 +385,8 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
     step = BilevelStep(net, cfg, channels_last=channels_last, penalties=penalties)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(step.w_opt, T_max=cfg.epochs,
                                                            eta_min=cfg.learning_rate / 25)
-    w_loader = make_loader(w_data, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device)
-    a_loader = make_loader(a_data, cfg.batch_size, shuffle=True, seed=cfg.seed + 1, device=device)
+    w_loader = make_loader(w_data, per_rank_batch, shuffle=True, seed=cfg.seed, device=device, dist=dist_info)
+    a_loader = make_loader(a_data, per_rank_batch, shuffle=True, seed=cfg.seed + 1, device=device, dist=dist_info)
     steps_per_epoch = min(len(w_loader), len(a_loader))
     derive_fn = deriver or default_deriver(space.ops, cfg.nodes)
     memory = PeakMemory(device)
@@ -355,6 +417,8 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
             n = yw.numel()
             train.add(n, loss=loss * n, top1=topk_correct(logits, yw, (1,))[0] * 100.0)
         scheduler.step()
+        merge_records(net)  # SWD-NAS' data-driven weights: the mean over every rank's batches
+        sync_buffers(net)   # one set of BatchNorm running statistics in every rank's state
         return summarise_epoch(epoch, lr, arch_on, train.means(device), val.means(device) if arch_on else {})
 
     def summarise_epoch(epoch: int, lr: float, arch_on: bool, train: dict[str, float],
@@ -370,7 +434,7 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
                 for name, p in step.penalties.items():
                     term, value = p.penalty(relaxed, edge_w)
                     penalty_log[name] = {"term": float(term), "value": float(value)}
-        if all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
+        if dist_info.main and all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
             # a diverged epoch is stopped before its checkpoint (run_epochs); leave no genotype of it
             save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
                           meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
@@ -409,15 +473,17 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
               "space": space_source, "space_dropped": [d.to_dict() for d in space.dropped],
               "data": str(spec), **asdict(cfg), "warmup_epochs_used": warmup, "lr_used": cfg.learning_rate,
               "supernet": asdict(net_cfg), "device": str(device), "channels_last": channels_last,
+              "world_size": dist_info.world, "per_rank_batch": per_rank_batch,
               "penalties": sorted(step.penalties), "dataset": describe(bundle),
               "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch}}
     stateful = {"model": net, "weight_optimizer": step.w_opt, "arch_optimizer": step.a_opt, "scheduler": scheduler}
     result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
                         epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
-                        on_epoch_end=on_epoch_end, stop_after=stop_after, quiet=quiet)
+                        on_epoch_end=on_epoch_end, stop_after=stop_after, quiet=quiet or not dist_info.main,
+                        dist_info=dist_info)
     last = result.history.records[-1]
     genotype = Genotype.from_dict(last["genotype"], source=str(run.history))
-    if result.epochs_done == cfg.epochs:
+    if result.epochs_done == cfg.epochs and dist_info.main:
         save_genotype(genotype, run.root / "genotype.json",
                       meta={"method": method.name, "epochs": cfg.epochs, "ops": list(space.ops),
                             "data": str(spec), "normal_skip_connect": last["normal_skip_connect"]})
@@ -425,6 +491,68 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
             figures = draw_figures(run, last, space.ops, method)
     return SearchResult(run=run.root, loop=result, genotype=genotype, method=method.name, ops=space.ops,
                         figures=figures)
+
+
+def merge_records(net: Supernet) -> None:
+    """Sum every recorder's running total and count over the ranks, so each rank derives from the
+    mean over all ranks' batches (every rank records the same number of forwards)."""
+    recorders = [m for m in net.modules() if isinstance(m, WeightRecorder) and m.total is not None]
+    if not recorders or not dist_active():
+        return
+    counts = torch.tensor([float(m.count) for m in recorders], dtype=torch.float64)
+    totals = [m.total for m in recorders]
+    sum_tensors([*totals, counts])  # type: ignore[list-item]
+    for m, c in zip(recorders, counts.tolist(), strict=True):
+        m.count = int(c)
+
+
+def check_shards(cfg: SearchConfig, world: int) -> None:
+    """The global batch must split evenly over the processes and their micro-batches."""
+    shards = world * cfg.accumulate
+    if cfg.batch_size % shards:
+        split = f"{world} process{'es' if world > 1 else ''}" + (
+            f" x {cfg.accumulate} micro-batches" if cfg.accumulate > 1 else "")
+        raise EdgenasError(f"--batch-size {cfg.batch_size} does not split evenly over {split}",
+                           f"use a --batch-size divisible by {shards}")
+
+
+def shard_layout(n: int, batch: int, world: int, accumulate: int) -> list[list[tuple[int, ...]]]:
+    """Per step, the sorted shards (positions in an epoch's permutation of a half of ``n`` images)
+    that ``world`` ranks with ``accumulate`` micro-batches each take: the loaders' arithmetic
+    (DistributedSampler's interleaving and padding, the dropped lone last image) on positions."""
+    per_rank = -(-n // world)
+    padded = list(range(n)) + list(range(per_rank * world - n))
+    b = batch // world
+    steps: list[list[tuple[int, ...]]] = []
+    for r in range(world):
+        mine = padded[r::world]
+        if len(mine) > 1 and len(mine) % b == 1:
+            mine = mine[:-1]
+        for k, start in enumerate(range(0, len(mine), b)):
+            part = mine[start : start + b]
+            if k == len(steps):
+                steps.append([])
+            steps[k] += [tuple(part[j::accumulate]) for j in range(min(accumulate, len(part)))]
+    return [sorted(s) for s in steps]
+
+
+def check_resume_layout(saved: Mapping[str, Any], cfg: SearchConfig, world: int, halves: tuple[int, int]) -> None:
+    """Resuming on another number of processes is allowed when every step's shards are the same
+    images as before (processes x micro-batches unchanged and no difference in padding); the sums
+    over shards then only change order, so the result equals the uninterrupted run's to float
+    rounding instead of bitwise."""
+    was_world, was_acc = int(saved.get("world_size", 1)), int(saved.get("accumulate", 1))
+    if (was_world, was_acc) == (world, cfg.accumulate):
+        return
+    same = all(shard_layout(n, cfg.batch_size, was_world, was_acc) == shard_layout(n, cfg.batch_size, world,
+                                                                                     cfg.accumulate)
+               for n in halves)
+    if not same:
+        raise EdgenasError(
+            f"this search ran on {was_world} process(es) x {was_acc} micro-batch(es); on {world} x "
+            f"{cfg.accumulate} its batches would not be the same images",
+            f"resume with torchrun --nproc_per_node {was_world} (or processes x --accumulate = "
+            f"{was_world * was_acc} where the halves split evenly)")
 
 
 def draw_figures(run: RunDir, record: Mapping[str, Any], ops: tuple[str, ...], method: Method) -> list[Path]:

@@ -123,8 +123,9 @@ def test_gpu_batches_equal_cpu_batches(resident, monkeypatch):
     dev = _last_gpu()
     for start in (0, 16, 32):  # three batches: the staging buffers are reused
         idx = torch.arange(start, min(start + 16, 40))
-        x_cpu, y_cpu = ds.batch(idx, torch.device("cpu"), torch.Generator().manual_seed(start))
-        x_gpu, y_gpu = ds.batch(idx, dev, torch.Generator().manual_seed(start))
+        draws = ds.draw_augment(torch.Generator().manual_seed(start))
+        x_cpu, y_cpu = ds.batch(idx, torch.device("cpu"), draws)
+        x_gpu, y_gpu = ds.batch(idx, dev, draws)
         assert x_gpu.device == dev and torch.equal(y_gpu.cpu(), y_cpu)
         torch.testing.assert_close(x_gpu.cpu(), x_cpu)
     assert (ds._resident is not None) is resident
