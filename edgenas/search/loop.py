@@ -59,7 +59,6 @@ from edgenas.runs import (
     LoopResult,
     RunDir,
     RunningMean,
-    dist_from_env,
     load_checkpoint,
     run_epochs,
     seed_everything,
