@@ -58,10 +58,11 @@ def write_json(path: str | Path, fmt: str, version: int, payload: dict[str, Any]
     return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, fmt: str, version: int, what: str) -> dict[str, Any]:
+def read_json(path: str | Path, fmt: str, version: int | tuple[int, ...], what: str) -> dict[str, Any]:
     """Read a JSON object written by :func:`write_json`, checking its format and version.
 
-    ``what`` names the kind of file in messages ("profile", "search space", ...).
+    ``what`` names the kind of file in messages ("profile", "search space", ...); ``version`` may
+    list every version the reader still understands.
     """
     path = Path(path)
     if not path.exists():
@@ -84,9 +85,11 @@ def read_json(path: str | Path, fmt: str, version: int, what: str) -> dict[str, 
             f"{path}: field 'format' is {doc.get('format')!r}, expected {fmt!r}",
             f"pass a {what} file written by edgenas",
         )
-    if doc.get("version") != version:
+    versions = version if isinstance(version, tuple) else (version,)
+    if doc.get("version") not in versions:
         raise EdgenasError(
-            f"{path}: field 'version' is {doc.get('version')!r}, this edgenas reads version {version}",
+            f"{path}: field 'version' is {doc.get('version')!r}, this edgenas reads version "
+            f"{' or '.join(map(str, versions))}",
             "regenerate the file with this edgenas version",
         )
     return doc

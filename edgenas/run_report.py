@@ -123,7 +123,8 @@ def _budget(budget: dict[str, Any]) -> list[Block]:
                                     for k, v in limits.items())
             + f"; search penalty {budget.get('penalty')} with weight {budget.get('weight')}.")
     return [text,
-            Table(["genotype", "MACs", "predicted latency ms"],
+            Table(["genotype", "MACs", "predicted latency ms" + (f" (whole network, {budget['latency_units']})"
+                                                                  if budget.get("latency_units") else "")],
                   [[name, _mmacs(budget[name].get("macs")), _f(budget[name].get("latency_ms"), 3)]
                    for name in ("constrained", "unconstrained")])]
 
@@ -149,9 +150,12 @@ def _export(exp: dict[str, Any], budget: dict[str, Any] | None) -> list[Block]:
                 *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
                for t in exp.get("timing", [])])]
     if exp.get("prediction"):
-        from edgenas.export.report import describe_prediction  # the wording export's own reports use
+        from edgenas.export.report import describe_budget, describe_prediction  # export's own wording
 
         blocks.append(describe_prediction(exp["prediction"]))
+        budget_line = describe_budget(exp["prediction"])
+        if budget_line:
+            blocks.append(budget_line)
     unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
     if unavailable:
         blocks.append("Unavailable providers: " + "; ".join(

@@ -38,7 +38,11 @@ def test_profile_writes_json_plot_and_prints_json(tiny_profile):
     assert doc["format"] == "edgenas.profile" and doc["entries"] == out["entries"]
     assert (d / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the human table goes to stderr under --json, sorted by latency
-    assert "sorted" not in r.stdout and "ms per batch, by latency" in r.stderr
+    assert "sorted" not in r.stdout and "ms per call, by latency" in r.stderr
+    # units: the runtime, provider, batch, dtype and threads are named in the file and the table
+    assert (doc["runtime"], doc["provider"], doc["batch"], doc["dtype"]) == ("ort", "cpu", 2, "fp32")
+    assert doc["threads"] >= 1 and doc["units"] == "onnxruntime CPU provider, batch 2"
+    assert "onnxruntime CPU provider, batch 2" in r.stderr
 
 
 def test_profile_table_is_sorted_by_latency(tiny_profile, tmp_path):
@@ -57,7 +61,7 @@ def test_profile_default_out_and_quiet(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert r.output == ""
     slug = device_slug(torch.device("cpu"))
-    assert json.loads((tmp_path / "profiles" / f"{slug}.json").read_text())["device"] == slug
+    assert json.loads((tmp_path / "profiles" / f"{slug}-ort.json").read_text())["device"] == slug
 
 
 def test_prune_end_to_end_on_a_real_profile(tiny_profile, tmp_path):
@@ -183,7 +187,7 @@ def test_profile_unwritable_out_fails_before_measuring(tmp_path):
 @pytest.mark.needs_cuda
 def test_profile_on_cuda(tmp_path):
     out = tmp_path / "p.json"
-    r = run("profile", *TINY, "--device", "cuda", "--out", str(out))
+    r = run("profile", *TINY, "--runtime", "eager", "--device", "cuda", "--out", str(out))
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert {e["memory_kind"] for e in doc["entries"]} == {"cuda_peak_allocated_above_baseline"}

@@ -26,48 +26,41 @@ Modules: :mod:`~edgenas.export.settings` (options, file and graph names), :mod:`
 export). The names below are re-exported so ``from edgenas.export import ...`` keeps working.
 """
 
-from edgenas.export.onnx_export import OnnxInfo, export_onnx, metadata, read_metadata
-from edgenas.export.quantize import INT8_DROP_WARN, QDQ_OPS, calibration_batches, int8_warning, quantize_int8
-from edgenas.export.report import ExportReport, console_tables, render_markdown
-from edgenas.export.run import MOBILE_HW, MOBILE_MACS, default_out, export_network, run_export
-from edgenas.export.runtime import (
-    OrtModel,
-    ProviderStatus,
-    open_session,
-    physical_cores,
-    probe_providers,
-    reference_session,
-    session_options,
-    timing_sessions,
-)
-from edgenas.export.settings import (
-    EXPORTERS,
-    FORMAT,
-    FP32_ATOL,
-    INPUT_NAME,
-    INT8_FILE,
-    MODEL_FILE,
-    OUTPUT_NAME,
-    PROVIDERS,
-    QUANTIZE_MODES,
-    REPORT_JSON,
-    REPORT_MD,
-    VERSION,
-    ExportSettings,
-    opset_range,
-    parse_providers,
-)
-from edgenas.export.timing import Timing, time_ort, time_torch
-from edgenas.export.trained import TrainedNet, load_export_data, load_trained
-from edgenas.export.verify import AccuracyCheck, Logits, Parity, check_parity, collect_logits, raise_if_failed
+from __future__ import annotations
 
-__all__ = [
-    "EXPORTERS", "FORMAT", "FP32_ATOL", "INPUT_NAME", "INT8_DROP_WARN", "INT8_FILE", "MOBILE_HW", "MOBILE_MACS",
-    "MODEL_FILE", "OUTPUT_NAME", "PROVIDERS", "QDQ_OPS", "QUANTIZE_MODES", "REPORT_JSON", "REPORT_MD", "VERSION",
-    "AccuracyCheck", "ExportReport", "ExportSettings", "Logits", "OnnxInfo", "OrtModel", "Parity", "ProviderStatus",
-    "Timing", "TrainedNet", "calibration_batches", "check_parity", "collect_logits", "console_tables",
-    "default_out", "export_network", "export_onnx", "int8_warning", "load_export_data", "load_trained", "metadata",
-    "open_session", "opset_range", "parse_providers", "physical_cores", "probe_providers", "quantize_int8",
-    "raise_if_failed", "read_metadata", "reference_session", "render_markdown", "run_export", "session_options",
-    "time_ort", "time_torch", "timing_sessions",
-]
+import importlib
+from typing import Any
+
+# Names load lazily (PEP 562): importing one submodule, e.g. ``edgenas.export.runtime`` for ORT
+# sessions in profiling, must not load ``edgenas.export.run``, which sits above the latency model
+# and profiling and imports them.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "onnx_export": ("OnnxInfo", "export_onnx", "metadata", "read_metadata"),
+    "quantize": ("INT8_DROP_WARN", "QDQ_OPS", "calibration_batches", "int8_warning", "quantize_int8"),
+    "report": ("ExportReport", "console_tables", "render_markdown"),
+    "run": ("MOBILE_HW", "MOBILE_MACS", "default_out", "export_network", "run_export"),
+    "runtime": ("OrtModel", "ProviderStatus", "open_session", "physical_cores", "probe_providers",
+                "reference_session", "session_options", "timing_sessions"),
+    "settings": ("EXPORTERS", "FORMAT", "FP32_ATOL", "INPUT_NAME", "INT8_FILE", "MODEL_FILE", "OUTPUT_NAME",
+                 "PROVIDERS", "QUANTIZE_MODES", "REPORT_JSON", "REPORT_MD", "VERSION", "ExportSettings",
+                 "opset_range", "parse_providers"),
+    "timing": ("Timing", "time_ort", "time_torch"),
+    "trained": ("TrainedNet", "load_export_data", "load_trained"),
+    "verify": ("AccuracyCheck", "Logits", "Parity", "check_parity", "collect_logits", "raise_if_failed"),
+}
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgenas.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgenas.export.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
