@@ -210,6 +210,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
         if saved.get("config") != _json_round(cfg.to_dict()):
             raise EdgenasError(f"{out} was started with another configuration",
                                "resume with the same config and options, or choose another --out")
+    _check_latency_target(cfg)
     state = StageState.read(out / "stages.json")
     if not {"search", "train", "export"} <= set(state.done):
         # a missing or broken dataset must stop the run before minutes of profiling, not after
@@ -232,6 +233,19 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, *, device: torch.device, 
         if stage == stop_after_stage:
             break
     return _result(out, ran, state, stages)
+
+
+def _check_latency_target(cfg: PipelineConfig) -> None:
+    """The profile, the budget and the export's check must be about one runtime target: fail now,
+    not after the search and the training."""
+    p = cfg.profile
+    if p.runtime == "ort" and p.batch != cfg.export.batch:
+        raise EdgenasError(f"[profile] batch {p.batch} differs from [export] batch {cfg.export.batch}: the export "
+                           "compares the profile's prediction with onnxruntime at its own batch",
+                           f"set [profile] batch = {cfg.export.batch}")
+    if cfg.budget.latency_budget_ms is not None and cfg.budget.budget_batch != p.batch:
+        raise EdgenasError(f"[budget] budget_batch {cfg.budget.budget_batch} differs from [profile] batch {p.batch}",
+                           f"set [profile] batch = {cfg.budget.budget_batch}")
 
 
 def _json_round(value: Any) -> Any:
