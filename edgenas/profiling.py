@@ -72,7 +72,7 @@ from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
 from edgenas.nets import NetConfig, build_network, cell_shapes, default_config
-from edgenas.ops import DARTS_OPS, OPS, Identity, get_op
+from edgenas.ops import DARTS_OPS, OPS, get_op
 
 PROFILE_FORMAT = "edgenas.profile"
 PROFILE_VERSION = 2
@@ -625,15 +625,51 @@ def load_profile(path: str | Path) -> Profile:
 
 # --- runtimes: how one module is timed -------------------------------------------------------------
 
-class _Copies(nn.Module):
-    """``k`` modules, each on its own input and output: one graph for ORT to time."""
+def copies_graph(proto: Any, k: int) -> Any:
+    """``k`` copies of a one-input, one-output graph in one graph, each on its own input and output
+    (names prefixed per copy): the optimiser cannot merge them, and one export serves all copies."""
+    import onnx
+    from onnx import helper
 
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.copies = nn.ModuleList(modules)
+    g = proto.graph
+    nodes, inits, inputs, outputs = [], [], [], []
+    for i in range(k):
+        def rename(name: str, i: int = i) -> str:
+            return f"c{i}/{name}" if name else name
 
-    def forward(self, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(m(x) for m, x in zip(self.copies, xs))
+        for n in g.node:
+            c = onnx.NodeProto()
+            c.CopyFrom(n)
+            c.name = rename(n.name)
+            c.input[:] = [rename(x) for x in n.input]
+            c.output[:] = [rename(x) for x in n.output]
+            nodes.append(c)
+        for t in g.initializer:
+            c = onnx.TensorProto()
+            c.CopyFrom(t)
+            c.name = rename(t.name)
+            inits.append(c)
+        for src, dst in ((g.input, inputs), (g.output, outputs)):
+            for v in src:
+                c = onnx.ValueInfoProto()
+                c.CopyFrom(v)
+                c.name = rename(v.name)
+                dst.append(c)
+    graph = helper.make_graph(nodes, "copies", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
+
+
+def empty_graph(shape: tuple[int, ...], k: int, opset: int) -> Any:
+    """``k`` inputs passed to ``k`` outputs (Identity): the call with no operator, for the baseline."""
+    from onnx import TensorProto, helper
+
+    def info(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
+
+    graph = helper.make_graph([helper.make_node("Identity", [f"x{i}"], [f"y{i}"]) for i in range(k)], "empty",
+                              [info(f"x{i}") for i in range(k)], [info(f"y{i}") for i in range(k)])
+    # IR version 8 (ONNX 1.10): old enough for any onnxruntime that reads the opset
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
 
 
 def onnx_graph(module: nn.Module, inputs: Sequence[torch.Tensor], opset: int) -> Any:
@@ -784,19 +820,17 @@ class OrtRuntime:
         """The k-input graph with no operator: what the session call and its copies cost."""
         key = (shape, k, self.settings.opset)
         if key not in self._baselines:
-            xs = [torch.zeros(shape) for _ in range(k)]
-            proto = onnx_graph(_Copies([Identity() for _ in range(k)]), xs, self.settings.opset)
-            self._baselines[key] = self.time_graph(proto, [shape] * k)
+            self._baselines[key] = self.time_graph(empty_graph(shape, k, self.settings.opset), [shape] * k)
         return self._baselines[key]
 
     def time_op(self, key: ShapeKey, build: Callable[[], nn.Module], batch: int) -> Measured:
         k = self.settings.copies
         shape = (batch, key.C, key.H, key.W)
-        xs = [torch.zeros(shape) for _ in range(k)]
-        proto = onnx_graph(_Copies([build() for _ in range(k)]), xs, self.settings.opset)
-        if not any(n.op_type != "Identity" for n in proto.graph.node):
+        one = onnx_graph(build(), [torch.zeros(shape)], self.settings.opset)
+        if not any(n.op_type != "Identity" for n in one.graph.node):
             zero = TimingStats(0.0, 0.0, 0.0, 0.0, 0.0, 1)
             return Measured(zero, 1, True)  # no kernel runs: the deployed graph passes the tensor on
+        proto = copies_graph(one, k)
         chain, base = self.time_graph(proto, [shape] * k), self._baseline(shape, k)
         b = base.stats.median
         s = chain.stats
