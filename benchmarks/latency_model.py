@@ -14,7 +14,7 @@ stopped by this script) and compares the two profiles entry by entry: the 90th p
 |busy - quiet| / quiet over the entries (target <= 10 %) and Kendall's tau between them (>= 0.9).
 
     PYTHONPATH=. .venv/bin/python benchmarks/latency_model.py [--genotypes 20] [--runtimes ort,eager]
-        [--threads 0] [--busy] [--quick] [--json out.json]
+        [--threads 0] [--busy] [--overhead] [--quick] [--json out.json]
 
 ``--quick`` is a smoke test (small networks, 3 random genotypes, short timings); its figures mean
 nothing. Settings: cifar10 C=16, 8 cells, 32x32, 10 classes; imagenet-mobile C=48, 14 cells,
@@ -119,6 +119,25 @@ def compare_profiles(quiet: Profile, busy: Profile) -> dict[str, Any]:
             "unstable_quiet": len(quiet.unstable()), "unstable_busy": len(busy.unstable())}
 
 
+def call_overhead(threads: int, settings: ProfileSettings) -> list[dict[str, Any]]:
+    """sep_conv_3x3 at three shapes: a one-operator session, the per-copy cost in a graph of k copies
+    less the empty graph, and the empty graph itself (us per call)."""
+    from edgenas.profiling import OrtRuntime, ShapeKey, _build, empty_graph, onnx_graph
+
+    rt = OrtRuntime("cpu", CPU, "fp32", threads, settings)
+    rows = []
+    for C, H in ((16, 32), (64, 8), (48, 28)):
+        key = ShapeKey("sep_conv_3x3", C, H, H, 1)
+        shape = (1, C, H, H)
+        single = rt.time_graph(onnx_graph(_build(key, "forward"), [torch.zeros(shape)], settings.opset), [shape])
+        per_copy = rt.time_op(key, lambda key=key: _build(key, "forward"), 1)
+        empty = rt.time_graph(empty_graph(shape, 1, settings.opset), [shape])
+        rows.append({"shape": f"{C}x{H}x{H}", "one_op_session_us": single.stats.median * 1e3,
+                     f"per_copy_of_{settings.copies}_less_empty_us": per_copy.stats.median * 1e3,
+                     "empty_graph_us": empty.stats.median * 1e3})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genotypes", type=int, default=20, help="random genotypes (the built-ins are added)")
@@ -127,6 +146,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: physical cores, as export)")
     ap.add_argument("--busy", action="store_true", help="also profile with one core kept busy and compare")
     ap.add_argument("--quick", action="store_true", help="smoke test: small networks, short timings")
+    ap.add_argument("--overhead", action="store_true", help="also time ORT's per-call cost (one-operator "
+                    "session vs copies in one graph vs the empty graph)")
     ap.add_argument("--json", default=None, help="write every figure and row here")
     args = ap.parse_args()
     threads = args.threads or physical_cores()
@@ -146,6 +167,14 @@ def main() -> None:
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; threads {threads}; batch 1; "
           f"{len(genotypes)} genotypes ({n_random} random + {len(GENOTYPES)} built-in); load average {load:.2f}")
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": threads, "load_before": load, "runtimes": {}}
+    if args.overhead:
+        rows = call_overhead(threads, settings)
+        result["overhead"] = rows
+        print("\nsep_conv_3x3, ORT CPU, batch 1 (us per call) | one-operator session | per copy (k copies less "
+              "the empty graph) | empty graph")
+        for r in rows:
+            v = list(r.values())
+            print(f"| {v[0]} | {v[1]:.1f} | {v[2]:.1f} | {v[3]:.1f} |")
     quiet_ort = None
     for runtime in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
         prof, wall = profile_both(runtime, cfgs, threads, settings)

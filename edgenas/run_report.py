@@ -82,10 +82,11 @@ def _stage(title: str, data: T | None, build: Callable[[T], list[Block]]) -> Sec
 def _profile(out: Path, prof: dict[str, Any]) -> list[Block]:
     env = prof.get("environment", {})
     rows = sorted(prof.get("entries", []), key=lambda e: e["latency_ms"]["median"])
-    return [f"Device **{env.get('device_name', prof.get('device'))}**, mode {prof.get('mode')}, "
-            f"{prof.get('dtype')}, batch {prof.get('batch')}, torch {env.get('torch')}, "
-            f"{env.get('torch_threads')} threads. Latency is the median over timed runs after a "
-            "stable warm-up (ms per batch).",
+    units = prof.get("units") or f"batch {prof.get('batch')}"
+    return [f"Device **{env.get('device_name', prof.get('device'))}**, {units}, mode {prof.get('mode')}, "
+            f"{prof.get('dtype')}, {prof.get('threads') or env.get('torch_threads')} threads, torch "
+            f"{env.get('torch')}. Latency is the median per call after a stable warm-up, each entry timed for "
+            "a minimum duration (ms; an onnxruntime entry is what one more copy of the operator adds).",
             Table(["op", "C x H x W : stride", "median ms", "p10", "p90", "MMACs", "params"],
                   [[e["op"], f"{e['C']}x{e['H']}x{e['W']}:{e['stride']}",
                     _f(e["latency_ms"]["median"], 3), _f(e["latency_ms"]["p10"], 3),
