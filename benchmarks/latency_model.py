@@ -39,7 +39,13 @@ from edgenas.export.runtime import physical_cores
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.latency import measure_network, predict_latency
 from edgenas.ops import DARTS_OPS
-from edgenas.profiling import Profile, ProfileSettings, profile_ops, setting_config, setting_shapes
+from edgenas.profiling import (
+    Profile,
+    ProfileSettings,
+    profile_ops,
+    setting_config,
+    setting_shapes,
+)
 
 CPU = torch.device("cpu")
 CHOICES = tuple(op for op in DARTS_OPS if op != "none")  # the derivation never picks none

@@ -67,7 +67,13 @@ from edgenas.device import (
 )
 from edgenas.errors import EdgenasError
 from edgenas.export.onnx_export import _remove_identities
-from edgenas.export.runtime import ProviderStatus, open_session, physical_cores
+from edgenas.export.runtime import (
+    ProviderStatus,
+    _probe_model,
+    open_session,
+    physical_cores,
+    probe_providers,
+)
 from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
@@ -844,15 +850,11 @@ Runtime = EagerRuntime | OrtRuntime
 
 def available_providers() -> list[str]:
     """Execution-provider keys that really run here (a session opens on them)."""
-    from edgenas.export.runtime import probe_providers
-
     return [s.key for s in probe_providers(None) if s.usable]
 
 
 def require_provider(provider: str, device: torch.device) -> ProviderStatus:
     """The provider's status, or one error naming it, why, and which providers do run here."""
-    from edgenas.export.runtime import _probe_model
-
     session, status = open_session(_probe_model(), provider, threads=1, device=device)
     if session is None:
         raise EdgenasError(

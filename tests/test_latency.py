@@ -21,7 +21,6 @@ from edgenas.latency import (
 from edgenas.nets import cell_shapes, default_config
 from edgenas.profiling import (
     REFERENCE_GENOTYPE,
-    FixedPart,
     NetKey,
     Profile,
     ProfileEntry,

@@ -42,7 +42,7 @@ from edgenas.profiling import load_profile
 
 if TYPE_CHECKING:
     from edgenas.data import DataBundle
-    from edgenas.profiling import Profile  # noqa: F401  (annotations)
+    from edgenas.profiling import Profile
 
 MOBILE_MACS = 600_000_000
 MOBILE_HW = (224, 224)
