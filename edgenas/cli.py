@@ -153,7 +153,7 @@ def profile_cmd(
         None, "--ops", help="Comma-separated operators (default: the 8 DARTS operators; see `edgenas list ops`)."),
     shapes: Optional[str] = typer.Option(
         None, "--shapes", help="Extra shapes, C x H x W : stride, comma-separated, e.g. 16x32x32:1 "
-        "(without --setting or --shapes: the default search supernet's)."),
+        "(without --setting or --shapes: --setting cifar10)."),
     batch: int = typer.Option(1, "--batch", help="Batch size of every timed call."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 (ort: graphs converted by onnxconverter-common) "
                               "| bf16 (eager)"),
@@ -190,6 +190,8 @@ def profile_cmd(
     from edgenas.profiling import DEFAULT_SHAPES, ProfileSettings, parse_shapes, profile_ops, setting_shapes
 
     op_names = parse_ops(ops) if ops is not None else list(DARTS_OPS)
+    if not setting and shapes is None:
+        setting = ["cifar10"]  # nobody types shapes: the default evaluation network's, and the search's
     if (channels is not None or layers is not None or input_hw is not None) and not setting:
         raise EdgenasError("--channels/--layers/--input describe a --setting's network, but none was given",
                            "add --setting cifar10 or --setting imagenet-mobile")

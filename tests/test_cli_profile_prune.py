@@ -163,6 +163,38 @@ def test_profile_bad_input(tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_profile_setting_derives_the_shapes_and_the_fixed_part(tmp_path):
+    from edgenas.profiling import setting_config, setting_shapes
+
+    out = tmp_path / "p.json"
+    r = run("profile", "--setting", "cifar10", "--channels", "4", "--layers", "3", "--input", "8x8",
+            "--no-search-shapes", "--ops", "skip_connect,max_pool_3x3", "--runs", "3", "--min-seconds", "0.01",
+            "--max-seconds", "0.05", "--threads", "1", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    cfg = setting_config("cifar10", channels=4, layers=3, input_hw=(8, 8))
+    assert {(e["C"], e["H"], e["W"], e["stride"]) for e in doc["entries"]} == \
+        {(s.C, s.H, s.W, s.stride) for s in setting_shapes(cfg)}
+    (part,) = doc["parts"]
+    assert (part["setting"], part["C"], part["layers"], part["H"], part["num_classes"]) == ("cifar10", 4, 3, 8, 10)
+    assert part["latency_ms"]["median"] == pytest.approx(max(0.0, part["network_ms"] - part["reference_ops_ms"]))
+    assert "fixed part of cifar10 C=4, 3 cells" in r.stderr
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--setting", "mnist"], ["unknown setting 'mnist'", "imagenet-mobile"]),
+    (["--shapes", "4x8x8:1", "--channels", "8"], ["--setting"]),
+    (["--provider", "cuda"] if not torch.cuda.is_available() else ["--provider", "npu"], ["provider"]),
+    (["--runtime", "tflite"], ["unknown runtime 'tflite'"]),
+    (["--runtime", "eager", "--provider", "cpu"], ["onnxruntime setting"]),
+])
+def test_profile_bad_runtime_options(tmp_path, args, needles):
+    out = tmp_path / "p.json"
+    r = run("profile", "--ops", "skip_connect", *args, "--out", str(out))
+    assert_clean_failure(r, *needles)
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_profile_cuda_without_gpu(tmp_path):
     out = tmp_path / "p.json"
