@@ -9,6 +9,9 @@ median and maximum of |predicted - measured| / measured and Kendall's tau-b betw
 measured (targets for ONNX Runtime: median <= 5 %, max <= 10 %, tau >= 0.9), and the profiling time
 (target <= 60 s for both settings).
 
+``--runtimes ort,ort-independent,eager`` also profiles ORT with every operator copy on its own input
+instead of stride-1 copies in a chain, and predicts the same measured networks from it.
+
 ``--busy`` then profiles once more while a background process keeps one core busy (started and
 stopped by this script) and compares the two profiles entry by entry: the 90th percentile of
 |busy - quiet| / quiet over the entries (target <= 10 %) and Kendall's tau between them (>= 0.9).
@@ -30,6 +33,7 @@ import os
 import random
 import statistics
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -89,19 +93,29 @@ def _busy_loop() -> None:
         pass
 
 
-def profile_both(runtime: str, cfgs: list[Any], threads: int, settings: ProfileSettings) -> tuple[Profile, float]:
+#: What ``--runtimes`` accepts: ``ort-independent`` is ORT with every operator copy on its own input
+#: (stride-1 copies otherwise form a chain), to compare the two ways of timing an entry.
+VARIANTS = {"ort": ("ort", True), "ort-independent": ("ort", False), "eager": ("eager", True)}
+
+
+def profile_both(variant: str, cfgs: list[Any], threads: int, settings: ProfileSettings) -> tuple[Profile, float]:
+    runtime, chain = VARIANTS[variant]
     shapes = list(dict.fromkeys(s for cfg in cfgs for s in setting_shapes(cfg)))
     t0 = time.perf_counter()
     prof = profile_ops(CPU, CHOICES, shapes, batch=1, runtime=runtime, threads=threads, networks=cfgs,
-                       settings=settings)
+                       settings=replace(settings, chain=chain))
     return prof, time.perf_counter() - t0
 
 
-def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype]) -> dict[str, Any]:
+def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: dict[Any, Any]) -> dict[str, Any]:
+    """Predicted against measured; networks are measured once per runtime (``measured`` caches them)."""
     rows = []
     for name, g in genotypes.items():
         pred = predict_latency(g, cfg, prof)
-        meas = measure_network(g, cfg, prof, CPU)
+        key = (prof.runtime, cfg, name)
+        if key not in measured:
+            measured[key] = measure_network(g, cfg, prof, CPU)
+        meas = measured[key]
         rows.append({"genotype": name, "predicted_ms": pred.total_ms, "measured_ms": meas.stats.median,
                      "measured_stable": meas.stable,
                      "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
@@ -148,7 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genotypes", type=int, default=20, help="random genotypes (the built-ins are added)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runtimes", default="ort,eager")
+    ap.add_argument("--runtimes", default="ort,eager", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: physical cores, as export)")
     ap.add_argument("--busy", action="store_true", help="also profile with one core kept busy and compare")
     ap.add_argument("--quick", action="store_true", help="smoke test: small networks, short timings")
@@ -182,14 +196,17 @@ def main() -> None:
             v = list(r.values())
             print(f"| {v[0]} | {v[1]:.1f} | {v[2]:.1f} | {v[3]:.1f} |")
     quiet_ort = None
+    measured: dict[Any, Any] = {}
     for runtime in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
+        if runtime not in VARIANTS:
+            raise SystemExit(f"unknown runtime {runtime!r}: use {', '.join(VARIANTS)}")
         prof, wall = profile_both(runtime, cfgs, threads, settings)
         if runtime == "ort":
             quiet_ort = prof
-        evals = [evaluate(prof, cfg, genotypes) for cfg in cfgs]
+        evals = [evaluate(prof, cfg, genotypes, measured) for cfg in cfgs]
         result["runtimes"][runtime] = {"units": prof.units(), "profile_seconds": wall, "entries": len(prof.entries),
                                        "unstable": prof.unstable(), "settings": evals}
-        print(f"\n{prof.units()}: profiled {len(prof.entries)} entries + {len(prof.parts)} fixed parts in "
+        print(f"\n{runtime}, {prof.units()}: profiled {len(prof.entries)} entries + {len(prof.parts)} fixed parts in "
               f"{wall:.1f} s ({len(prof.unstable())} unstable)")
         print("| setting | median abs error | max abs error | Kendall tau | n |")
         print("|---|---:|---:|---:|---:|")

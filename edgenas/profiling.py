@@ -11,11 +11,13 @@ table entries), extended so that the sum covers the whole deployed network:
   optimisation and thread count). ``eager`` times the PyTorch module (``forward``: eval mode, no
   autograd; ``train``: forward+backward as a search step pays), in the memory format asked for.
 * **ORT's per-call cost.** A session call costs a few microseconds whatever it runs, as much as a
-  small operator. An entry therefore times one graph holding ``copies`` independent copies of the
-  operator (each on its own input, so the optimiser cannot merge them) and one graph with the same
-  inputs and outputs but no operator; the difference divided by ``copies`` is what one more copy
-  of the operator adds to a network. An operator that exports to no ONNX node (the identity) costs
-  exactly nothing in the deployed graph and is recorded as 0.
+  small operator. An entry therefore times one graph holding ``copies`` copies of the operator and
+  one graph with the same inputs and outputs but no operator; the difference divided by
+  ``copies`` is what one more copy of the operator adds to a network. Stride-1 copies form a chain
+  (each on the previous one's output, as operators follow one another in a cell, so the runtime
+  keeps its internal layout between them); stride-2 copies change the shape and each take their
+  own input (so the optimiser cannot merge them). An operator that exports to no ONNX node (the
+  identity) costs exactly nothing in the deployed graph and is recorded as 0.
 * **Fixed parts** (:class:`FixedPart`). For each network setting the profile also times a
   *reference network*: the evaluation network with every cell operator replaced by the cheapest
   stand-in (identity on stride-1 edges, 3x3 max pooling on stride-2 edges). Its measured time minus
@@ -379,6 +381,7 @@ class ProfileSettings:
     max_spread: float = 0.3   # (p90 - p10) / median above this: measure again
     attempts: int = 3         # attempts before an entry is flagged unstable
     copies: int = 8           # ORT: operator copies per timed graph
+    chain: bool = True        # ORT: stride-1 copies follow one another (else each has its own input)
     opset: int = 17
     channels_last: bool = False
     seed: int = 0
@@ -631,16 +634,23 @@ def load_profile(path: str | Path) -> Profile:
 
 # --- runtimes: how one module is timed -------------------------------------------------------------
 
-def copies_graph(proto: Any, k: int) -> Any:
-    """``k`` copies of a one-input, one-output graph in one graph, each on its own input and output
-    (names prefixed per copy): the optimiser cannot merge them, and one export serves all copies."""
+def copies_graph(proto: Any, k: int, *, chained: bool = False) -> Any:
+    """``k`` copies of a one-input, one-output graph in one graph (names prefixed per copy).
+
+    Independent (default): each copy on its own graph input and output, so the optimiser cannot
+    merge them. Chained: each copy reads the previous one's output, as operators follow one another
+    inside a network (only for shape-preserving graphs).
+    """
     import onnx
     from onnx import helper
 
     g = proto.graph
+    (g_in,), (g_out,) = g.input, g.output
     nodes, inits, inputs, outputs = [], [], [], []
     for i in range(k):
         def rename(name: str, i: int = i) -> str:
+            if chained and name == g_in.name and i > 0:
+                return f"c{i - 1}/{g_out.name}"
             return f"c{i}/{name}" if name else name
 
         for n in g.node:
@@ -655,11 +665,11 @@ def copies_graph(proto: Any, k: int) -> Any:
             c.CopyFrom(t)
             c.name = rename(t.name)
             inits.append(c)
-        for src, dst in ((g.input, inputs), (g.output, outputs)):
-            for v in src:
+        for src, dst, keep in ((g_in, inputs, not chained or i == 0), (g_out, outputs, not chained or i == k - 1)):
+            if keep:
                 c = onnx.ValueInfoProto()
-                c.CopyFrom(v)
-                c.name = rename(v.name)
+                c.CopyFrom(src)
+                c.name = f"c{i}/{src.name}"
                 dst.append(c)
     graph = helper.make_graph(nodes, "copies", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=proto.opset_import, ir_version=proto.ir_version)
@@ -836,8 +846,12 @@ class OrtRuntime:
         if not any(n.op_type != "Identity" for n in one.graph.node):
             zero = TimingStats(0.0, 0.0, 0.0, 0.0, 0.0, 1)
             return Measured(zero, 1, True)  # no kernel runs: the deployed graph passes the tensor on
-        proto = copies_graph(one, k)
-        chain, base = self.time_graph(proto, [shape] * k), self._baseline(shape, k)
+        # stride 1: a chain, each copy on the previous one's output, as in a cell; stride 2 changes
+        # the shape, so those copies each take their own input
+        chained = self.settings.chain and key.stride == 1
+        n_in = 1 if chained else k
+        proto = copies_graph(one, k, chained=chained)
+        chain, base = self.time_graph(proto, [shape] * n_in), self._baseline(shape, n_in)
         b = base.stats.median
         s = chain.stats
         per = TimingStats(median=max(0.0, (s.median - b) / k), p10=max(0.0, (s.p10 - b) / k),
