@@ -234,7 +234,7 @@ def profile_cmd(
     if json_out:
         emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2),
                    **prof.to_dict()})
-    con.print(f"{prof.device}: {prof.units()}, {prof.threads} threads, {mode} mode", soft_wrap=True)
+    con.print(f"{prof.device}: {prof.units()}, {prof.threads} thread(s), {mode} mode", soft_wrap=True)
     table = Table(title="ms per call, by latency", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     for col in ("op", "CxHxW:s", "median", "p10", "p90", "n", "MMACs", "params", "MiB", "ok"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("op", "CxHxW:s") else "right")
@@ -418,7 +418,7 @@ def inspect_cmd(
         con.print(f"mobile setting: {rep.mobile_note}")
     lat = rep.latency
     if lat is not None:
-        con.print(f"latency from {profile}: {lat.device}, {lat.units}, {lat.threads} threads", soft_wrap=True)
+        con.print(f"latency from {profile}: {lat.device}, {lat.units}, {lat.threads} thread(s)", soft_wrap=True)
         table = Table("part", "CxHxW:s", "instances", "ms each", "ms")
         if lat.fixed_ms is not None:
             table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", f"{lat.fixed_ms:.4g}",
