@@ -173,3 +173,20 @@ def test_a_missing_dataset_stops_the_run_before_any_stage(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["run", "--data", f"fashion-mnist:{tmp_path / 'nope'}", "--out", str(out)])
     assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
     assert not out.exists()  # no profile measured, nothing half-written
+
+
+def test_a_profile_batch_other_than_the_exports_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    """The export compares the profile's prediction with onnxruntime at its own batch: a run whose
+    profile is for another batch is refused before minutes of searching, not at the export."""
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace("[profile]\n", "[profile]\nbatch = 4\n", 1).replace("batch = 1\n", "", 1))
+    cfg = load_config(path, {})
+    assert cfg.profile.batch == 4 and cfg.export.batch == 1
+    with pytest.raises(EdgenasError, match=r"\[profile\] batch 4 differs from \[export\] batch 1"):
+        run_pipeline(cfg, tmp_path / "run", device=CPU, quiet=True)
+    assert not (tmp_path / "run" / "profile.json").exists()
+
+
+def test_the_demo_profiles_what_the_export_ships() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {})
+    assert (cfg.profile.runtime, cfg.profile.provider, cfg.profile.batch) == ("ort", "cpu", cfg.export.batch)
