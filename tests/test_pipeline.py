@@ -190,3 +190,18 @@ def test_a_profile_batch_other_than_the_exports_stops_the_run_before_any_stage(t
 def test_the_demo_profiles_what_the_export_ships() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {})
     assert (cfg.profile.runtime, cfg.profile.provider, cfg.profile.batch) == ("ort", "cpu", cfg.export.batch)
+
+
+def test_run_report_export_section_has_the_budget_line(straight_run: Path) -> None:
+    """The run report repeats the export's sentences: prediction against measurement and, for a
+    latency-budgeted run, whether the exported model meets the budget as measured."""
+    from edgenas.export.report import describe_budget, describe_prediction
+    from edgenas.run_report import _export
+
+    exp = json.loads((straight_run / "export" / "report.json").read_text())
+    p = exp["prediction"]
+    assert describe_budget(p) is None and describe_prediction(p) in _export(exp, None)
+    p["budget"] = {"limit_ms": 1e-6, "measured_ms": p["measured_ms"], "units": p["units"], "met": False}
+    blocks = _export(exp, None)
+    assert f"Latency budget: the exported model does NOT meet 1e-06 ms as measured" in " ".join(
+        b for b in blocks if isinstance(b, str))
