@@ -167,9 +167,9 @@ def describe_budget(p: dict[str, Any] | None) -> str | None:
     if not b:
         return None
     if b["measured_ms"] is None:
-        return f"Latency budget {b['limit_ms']:.3g} ms ({b['units']}): not measured here, so not checked."
+        return f"Latency budget {b['limit_ms']:g} ms ({b['units']}): not measured here, so not checked."
     verdict = "meets" if b["met"] else "does NOT meet"
-    return (f"Latency budget: the exported model {verdict} {b['limit_ms']:.3g} ms as measured "
+    return (f"Latency budget: the exported model {verdict} {b['limit_ms']:g} ms as measured "
             f"({_ms(b['measured_ms'])} ms, whole network, {b['units']}).")
 
 
