@@ -287,3 +287,30 @@ def test_gpu_provider_profile_and_measure(provider):
     assert target_device(p, dev) == dev
     c = compare(GENO, TINY_CFG, p, dev)
     assert c.measured_ms > 0 and c.predicted_ms > 0
+
+
+def _benchmark_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "latency_model.py"
+    spec = importlib.util.spec_from_file_location("latency_model_benchmark", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_helpers():
+    import random
+
+    bench = _benchmark_module()
+    assert bench.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert bench.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert bench.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+    rng = random.Random(0)
+    for _ in range(20):
+        g = bench.random_genotype(rng)
+        g.validate()
+        assert "none" not in g.ops()
+        for cell in (g.normal, g.reduce):  # two distinct inputs per node
+            assert all(cell[2 * n][1] != cell[2 * n + 1][1] for n in range(4))
