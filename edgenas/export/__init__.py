@@ -13,7 +13,8 @@ edgenas version), and a report saying
   PyTorch eager, at batch 1 and the chosen batch: warm-up, then median / p10 / p90 / n;
 * MACs and parameters (:mod:`edgenas.costs` convention), the mobile-setting verdict
   (< 600 M MACs at 224x224, DARTS Sec. 3.2) for ImageNet-mobile networks, and with a profile the
-  latency its look-up table predicts (:func:`edgenas.costs.predict_latency`) beside the measured one;
+  whole-network latency it predicts (:func:`edgenas.latency.predict_latency`) beside the time measured
+  on the profile's runtime, provider and batch, and whether a latency budget is met as measured;
 * with ``quantize="int8"``: ONNX Runtime static quantisation in QDQ form (int8 weights per output
   channel, int8 activations, MinMax ranges from N training images; the affine scheme of Jacob et
   al., CVPR 2018), written beside the fp32 file with its own accuracy, time and size.
