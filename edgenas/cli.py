@@ -162,32 +162,61 @@ def list_genotypes(json_out: bool = JsonOpt) -> None:
 
 
 # ------------------------------------------------------------------------------ profile
-# (issue 2)
+def _setting_configs(settings: list[str], channels: Optional[int], layers: Optional[int],
+                     input_hw: Optional[str]) -> list[Any]:
+    from edgenas.profiling import PROFILE_SETTINGS, setting_config
+
+    for name in settings:
+        if name not in PROFILE_SETTINGS:
+            raise EdgenasError(f"unknown setting {name!r}", f"use one of {', '.join(PROFILE_SETTINGS)}")
+    hw = _parse_hw(input_hw) if input_hw is not None else None
+    return [setting_config(n, channels=channels, layers=layers, input_hw=hw) for n in dict.fromkeys(settings)]
+
+
 @command(app, "profile")
 def profile_cmd(
     device: str = DeviceOpt,
+    runtime: str = typer.Option("ort", "--runtime", help="ort: ONNX Runtime, what `edgenas export` ships "
+                                "(default) | eager: PyTorch, what a search step pays (--mode train)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="ort: cpu | cuda | tensorrt [cpu]; the "
+                                           "session and provider options `edgenas export` uses."),
+    setting: list[str] = typer.Option([], "--setting", help="Profile the shapes and fixed part of this "
+                                      "evaluation network: cifar10 | cifar100 | imagenet-mobile (repeatable)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="--setting's initial channels C "
+                                           "[36; 48 imagenet]."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="--setting's cells [20; 14 imagenet]."),
+    input_hw: Optional[str] = typer.Option(None, "--input", help="--setting's input HxW [32x32; 224x224]."),
+    search_shapes: bool = typer.Option(True, "--search-shapes/--no-search-shapes",
+                                       help="Also profile the default search supernet's shapes (what "
+                                       "`edgenas prune` compares)."),
     ops: Optional[str] = typer.Option(
         None, "--ops", help="Comma-separated operators (default: the 8 DARTS operators; see `edgenas list ops`)."),
     shapes: Optional[str] = typer.Option(
-        None, "--shapes", help="C x H x W : stride, comma-separated, e.g. 16x32x32:1,32x32x32:2 "
-        "(default: the shapes of the default DARTS search supernet)."),
-    batch: int = typer.Option(32, "--batch", help="Batch size of every timed call."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16"),
+        None, "--shapes", help="Extra shapes, C x H x W : stride, comma-separated, e.g. 16x32x32:1 "
+        "(without --setting or --shapes: --setting cifar10)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size of every timed call."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 (ort: graphs converted by onnxconverter-common) "
+                              "| bf16 (eager)"),
     mode: str = typer.Option("forward", "--mode",
-                             help="forward (inference, eval mode) | train (forward+backward, as search pays)"),
-    runs: int = typer.Option(30, "--runs", help="Timed runs per op and shape (after warm-up)."),
-    max_seconds: float = typer.Option(2.0, "--max-seconds",
-                                      help="Cap on each entry's warm-up and timed phase (>= 5 runs kept)."),
-    channels_last: bool = typer.Option(False, "--channels-last", help="Time in channels_last memory format."),
+                             help="forward (inference, eval mode) | train (eager: forward+backward, as search pays)"),
+    threads: int = typer.Option(0, "--threads", min=0, help="Intra-op threads (0: physical cores, as "
+                                "`edgenas export` uses)."),
+    runs: int = typer.Option(20, "--runs", help="Samples per attempt at least."),
+    min_seconds: float = typer.Option(0.2, "--min-seconds", help="Each entry is timed at least this long."),
+    max_seconds: float = typer.Option(2.0, "--max-seconds", help="Cap on each attempt (and the warm-up)."),
+    channels_last: Optional[bool] = typer.Option(
+        None, "--channels-last/--no-channels-last", help="eager: memory format [channels_last for --mode train "
+        "on the CPU, as the CPU search runs; NCHW otherwise]."),
     default_malloc: bool = typer.Option(
         False, "--default-malloc", help="CPU: keep glibc's default of returning freed memory to the OS "
         "between calls (timings then include page faults; by default freed memory is kept for reuse)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Profile JSON (default: profiles/<device-slug>.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Profile JSON (default: profiles/<device-slug>-<runtime>"
+                                       ".json)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write the bar chart PNG here."),
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Measure candidate operators on a device: latency, memory, MACs, params per op and shape."""
+    """Measure operators (latency, memory, MACs, params) and the networks' fixed parts on a runtime."""
     import time
 
     from rich import box
@@ -195,22 +224,35 @@ def profile_cmd(
     from rich.table import Table
 
     from edgenas.costs import MAC_CONVENTION
-    from edgenas.device import device_slug, resolve_device, resolve_dtype
+    from edgenas.device import device_slug, resolve_device
     from edgenas.files import ensure_writable
     from edgenas.ops import DARTS_OPS, parse_ops
-    from edgenas.profiling import DEFAULT_SHAPES, MODES, ProfileSettings, parse_shapes, profile_ops
+    from edgenas.profiling import DEFAULT_SHAPES, ProfileSettings, parse_shapes, profile_ops, setting_shapes
 
     op_names = parse_ops(ops) if ops is not None else list(DARTS_OPS)
-    shape_list = parse_shapes(shapes) if shapes is not None else list(DEFAULT_SHAPES)
-    resolve_dtype(dtype)
-    if mode not in MODES:
-        raise EdgenasError(f"unknown mode {mode!r}", f"use one of {', '.join(MODES)}")
-    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, channels_last=channels_last,
-                               keep_cpu_memory=not default_malloc)
+    if not setting and shapes is None:
+        setting = ["cifar10"]  # nobody types shapes: the default evaluation network's, and the search's
+    if (channels is not None or layers is not None or input_hw is not None) and not setting:
+        raise EdgenasError("--channels/--layers/--input describe a --setting's network, but none was given",
+                           "add --setting cifar10 or --setting imagenet-mobile")
+    nets = _setting_configs(setting, channels, layers, input_hw)
+    shape_list = [s for cfg in nets for s in setting_shapes(cfg)]
+    if shapes is not None:
+        shape_list += parse_shapes(shapes)
+    if search_shapes and (nets or shapes is None):
+        shape_list += list(DEFAULT_SHAPES)
+    shape_list = list(dict.fromkeys(shape_list))
     if batch < 1:
-        raise EdgenasError(f"batch must be >= 1, got {batch}", "pass --batch 32 or similar")
+        raise EdgenasError(f"batch must be >= 1, got {batch}", "pass --batch 1 or similar")
     dev = resolve_device(device)
-    out = out or Path("profiles") / f"{device_slug(dev)}.json"
+    if channels_last is None:
+        channels_last = runtime == "eager" and mode == "train" and dev.type == "cpu"
+    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, min_seconds=min_seconds,
+                               channels_last=channels_last, keep_cpu_memory=not default_malloc)
+    if runtime == "ort" and (provider or "cpu") == "cpu":
+        dev = resolve_device("cpu")  # the CPU provider runs on the CPU
+    suffix = f"-{provider}" if runtime == "ort" and provider not in (None, "cpu") else ""
+    out = out or Path("profiles") / f"{device_slug(dev)}-{runtime}{suffix}.json"
     ensure_writable(out, "profile")  # fail now, not after a minute of measuring
     if plot is not None:
         ensure_writable(plot, "plot")
@@ -219,9 +261,9 @@ def profile_cmd(
     t0 = time.perf_counter()
     with Progress(console=con, transient=True, disable=quiet) as progress:
         task = progress.add_task(f"profiling on {dev}", total=len(op_names) * len(shape_list))
-        prof = profile_ops(dev, op_names, shape_list, batch=batch, dtype=dtype, mode=mode,
-                           settings=settings, on_entry=lambda k: progress.update(task, advance=1,
-                                                                                 description=str(k)))
+        prof = profile_ops(dev, op_names, shape_list, batch=batch, dtype=dtype, mode=mode, runtime=runtime,
+                           provider=provider, threads=threads, networks=nets, settings=settings,
+                           on_entry=lambda k: progress.update(task, advance=1, description=str(k)))
     wall = time.perf_counter() - t0
     prof.save(out)
     if plot is not None:
@@ -232,20 +274,31 @@ def profile_cmd(
     if json_out:
         emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2),
                    **prof.to_dict()})
-    table = Table(title=f"{prof.device}: {mode}, {dtype}, batch {batch}; ms per batch, by latency",
-                  box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
-    for col in ("op", "CxHxW:s", "median", "p10", "p90", "n", "MMACs", "params", "MiB"):
+    con.print(f"{prof.device}: {prof.units()}, {prof.threads} thread(s), {mode} mode", soft_wrap=True)
+    table = Table(title="ms per call, by latency", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
+    for col in ("op", "CxHxW:s", "median", "p10", "p90", "n", "MMACs", "params", "MiB", "ok"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("op", "CxHxW:s") else "right")
     for e in sorted(prof.entries, key=lambda e: e.latency.median):
         t = e.latency
         table.add_row(e.key.op, str(e.key.shape), *(f"{v:.3g}" for v in (t.median, t.p10, t.p90)),
-                      str(t.n), f"{e.macs / 1e6:.3g}", str(e.params), f"{e.memory_bytes / 2**20:.2f}")
+                      str(t.n), f"{e.macs / 1e6:.3g}", str(e.params), f"{e.memory_bytes / 2**20:.2f}",
+                      "" if e.stable else "no")
     con.print(table)
+    for part in prof.parts:
+        con.print(f"fixed part of {part.net}: {part.ms:.3g} ms (reference network {part.network_ms:.3g} ms less "
+                  f"its stand-in operators {part.reference_ops_ms:.3g} ms){'' if part.stable else ' UNSTABLE'}")
     kinds = ", ".join(sorted({e.memory_kind for e in prof.entries}))
     con.print(f"MACs: {MAC_CONVENTION}. Memory measured: {kinds}.")
     for s in prof.skipped:
         con.print(f"skipped {s.key}: {s.reason}")
-    con.print(f"{len(prof.entries)} entries in {wall:.1f} s -> {out}" + (f", plot {plot}" if plot else ""))
+    unstable = prof.unstable()
+    if unstable:
+        con.print(f"[yellow]{len(unstable)} measurement(s) stayed unstable after {settings.attempts} attempts "
+                  f"(spread > {settings.max_spread:.0%}): {', '.join(unstable[:6])}[/yellow]; profile again on a "
+                  "quieter machine")
+    load = ", ".join("-" if v is None else f"{v:.2f}" for v in (prof.load_before, prof.load_after))
+    con.print(f"{len(prof.entries)} entries, {len(prof.parts)} fixed part(s) in {wall:.1f} s (load average "
+              f"before, after: {load}) -> {out}" + (f", plot {plot}" if plot else ""))
 
 
 # ------------------------------------------------------------------------------ prune
@@ -257,7 +310,8 @@ def _op_list(values: list[str]) -> list[str]:
 
 @command(app, "prune")
 def prune_cmd(
-    profile: Path = typer.Option(..., "--profile", help="Profile JSON written by `edgenas profile`."),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="Profile JSON written by `edgenas profile` "
+                                           "[the deployment runtime's: profiles/<this device>-ort.json]."),
     out: Path = typer.Option(Path("space.json"), "--out", help="Search space JSON to write."),
     keep: list[str] = typer.Option([], "--keep", help="Keep this operator whatever the rules say (repeatable)."),
     drop: list[str] = typer.Option([], "--drop", help="Drop this operator (repeatable)."),
@@ -269,20 +323,28 @@ def prune_cmd(
     """Reduce the search space from measured costs; write space.json with the reason for each drop."""
     from rich.table import Table
 
-    from edgenas.profiling import Profile
+    from edgenas.profiling import load_profile
     from edgenas.space import PruneConfig, prune
 
     from edgenas.files import ensure_writable
 
     ensure_writable(out, "search space")
-    prof = Profile.load(profile)
+    if profile is None:
+        from edgenas.device import device_slug, resolve_device
+
+        profile = Path("profiles") / f"{device_slug(resolve_device('cpu'))}-ort.json"
+        if not profile.exists():
+            raise EdgenasError(f"no --profile given and the deployment runtime's profile {profile} does not exist",
+                               "make it with `edgenas profile` (onnxruntime, the runtime export ships) or pass "
+                               "--profile")
+    prof = load_profile(profile)
     config = PruneConfig(tuple(_op_list(keep)), tuple(_op_list(drop)), max_latency_ratio)
     space = prune(prof, config, source=str(profile))
     space.save(out)
     if json_out:
         emit_json({"path": str(out), **space.to_dict()})
     con = out_console(json_out, quiet)
-    table = Table("dropped", "rule", "why", title=f"pruning {profile} ({prof.device})")
+    table = Table("dropped", "rule", "why", title=f"pruning {profile} ({prof.device}, {prof.units()})")
     for d in space.dropped:
         table.add_row(d.op, d.rule, d.reason)
     con.print(table)
@@ -318,6 +380,10 @@ def inspect_cmd(
     in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Input channels [3]."),
     input_hw: Optional[str] = typer.Option(None, "--input", help="Input HxW [32x32; 224x224 imagenet]."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile JSON: predict latency from it."),
+    measure: bool = typer.Option(False, "--measure", help="Also build the network and time it on the profile's "
+                                 "runtime, provider and batch: predicted, measured and error."),
+    profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure the operator shapes and the "
+                                         "fixed part the profile lacks (on the profiled device) first."),
     fit_macs: Optional[str] = typer.Option(None, "--fit-macs", help="Choose the largest even C within this "
                                            "MAC budget (600M, 0.6G or 600000000)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for the cell diagrams PNG."),
@@ -338,24 +404,42 @@ def inspect_cmd(
         raise EdgenasError("--fit-macs chooses the channel count itself", "drop --channels or --fit-macs")
     cfg = default_config(setting, **{k: v for k, v in given.items() if v is not None})
     budget = parse_count(fit_macs, "--fit-macs budget") if fit_macs is not None else None
+    if (measure or profile_missing) and profile is None:
+        raise EdgenasError("--measure and --profile-missing need a --profile", "add --profile profiles/<device>.json")
     prof = None
     if profile is not None:
-        from edgenas.profiling import Profile
+        from edgenas.profiling import load_profile
 
-        prof = Profile.load(profile)
+        prof = load_profile(profile)
     label = _genotype_label(genotype)
     plot_path = plot / f"{label}_cells.png" if plot is not None else None
     if plot_path is not None:
         from edgenas.files import ensure_writable
 
         ensure_writable(plot_path, "plot")
-    rep = inspect_network(geno, cfg, profile=prof, mac_budget=budget)
+    rep = inspect_network(geno, cfg, mac_budget=budget)
+    comparison = None
+    if prof is not None:
+        from dataclasses import replace
+
+        from edgenas.device import resolve_device
+        from edgenas.latency import compare, predict_latency, target_device
+        from edgenas.latency import profile_missing as complete
+        from edgenas.nets import cell_shapes
+
+        where = target_device(prof, resolve_device("cpu" if prof.device.startswith("cpu") else "auto"))
+        if profile_missing:
+            prof = complete(prof, cell_shapes(geno, rep.config), where, networks=[rep.config])
+        rep = replace(rep, latency=predict_latency(geno, rep.config, prof))
+        if measure:
+            comparison = compare(geno, rep.config, prof, where)
     if plot_path is not None:
         from edgenas.report import plot_genotype
 
         plot_genotype(geno, plot_path, title=label)
     if json_out:
-        emit_json({"name": label, **rep.to_dict(), "plot": str(plot_path) if plot_path else None})
+        emit_json({"name": label, **rep.to_dict(), "plot": str(plot_path) if plot_path else None,
+                   "measured": comparison.to_dict() if comparison is not None else None})
     con = out_console(json_out, quiet)
     c = rep.config
     con.print(f"{label}: {c.setting}, C={c.C}, {c.layers} cells, {c.num_classes} classes, input "
@@ -377,25 +461,33 @@ def inspect_cmd(
         con.print(f"mobile setting: {rep.mobile_note}")
     lat = rep.latency
     if lat is not None:
-        con.print(f"latency from {profile}: {lat.device}, {lat.mode} mode, {lat.dtype}, batch {lat.batch}", soft_wrap=True)
-        table = Table("op", "CxHxW:s", "instances", "ms each", "ms")
+        con.print(f"latency from {profile}: {lat.device}, {lat.units}, {lat.threads} thread(s)", soft_wrap=True)
+        table = Table("part", "CxHxW:s", "instances", "ms each", "ms")
+        if lat.fixed_ms is not None:
+            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", f"{lat.fixed_ms:.4g}",
+                          f"{lat.fixed_ms:.4g}")
+        else:
+            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", "[red]missing[/red]", "-")
         for s, n, ms in lat.looked_up:
             table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), f"{ms:.4g}", f"{n * ms:.4g}")
         for s, n in lat.missing:
             table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), "[red]missing[/red]", "-")
         con.print(table)
         if lat.complete:
-            con.print(f"predicted latency: {lat.total_ms:.4g} ms per batch of {lat.batch} "
-                      f"({len(lat.looked_up)} shapes looked up)")
+            con.print(f"{lat.sentence()} (fixed part {lat.fixed_ms:.4g} ms + {len(lat.looked_up)} operator shapes "
+                      f"{lat.found_ms:.4g} ms)", soft_wrap=True)
         else:
-            shapes = ",".join(dict.fromkeys(f"{s.C}x{s.H}x{s.W}:{s.stride}" for s, _ in lat.missing))
-            ops = ",".join(dict.fromkeys(s.op for s, _ in lat.missing))
-            con.print(f"[red]no total: {len(lat.missing)} of {len(lat.missing) + len(lat.looked_up)} shapes are "
-                      f"missing from the profile[/red] (found ones sum to {lat.found_ms:.4g} ms); measure them with:")
-            con.print(f"  edgenas profile --ops {ops} --shapes {shapes}", soft_wrap=True)
+            con.print(f"[red]{lat.sentence()}[/red]; measure what is missing with --profile-missing, or:",
+                      soft_wrap=True)
+            ops_ = ",".join(dict.fromkeys(s.op for s, _ in lat.missing)) or "skip_connect"
+            con.print(f"  edgenas profile --runtime {lat.runtime} --setting {c.setting} --channels {c.C} --layers "
+                      f"{c.layers} --input {c.input_hw[0]}x{c.input_hw[1]} --batch {lat.batch} --ops {ops_}",
+                      soft_wrap=True)
         if lat.mode == "train":
             con.print("note: a train-mode profile times forward+backward; this is not an inference latency")
-        con.print(f"covers {lat.covers}")
+        con.print(f"covers {lat.covers}", soft_wrap=True)
+    if comparison is not None:
+        con.print(comparison.sentence(), soft_wrap=True)
     if plot_path is not None:
         con.print(f"cell diagrams: {plot_path}", soft_wrap=True)
 
@@ -537,8 +629,9 @@ def search_cmd(
                                              help="Stop after N epochs of this call (finish later with --resume)."),
     mac_budget: Optional[str] = typer.Option(None, "--mac-budget", help="MAC budget of the evaluation network "
                                              "the genotype becomes, e.g. 600M or 0.6G (hard: derivation meets it)."),
-    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="Latency budget of its cell "
-                                                 "operators from --profile, e.g. 12ms (hard, like --mac-budget)."),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="Latency budget of the whole "
+                                                 "network on --profile's runtime, provider and batch, e.g. 12ms "
+                                                 "(hard, like --mac-budget)."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of the target device (latency budget)."),
     budget_setting: str = typer.Option("cifar10", "--budget-setting",
                                        help="Evaluation network the budgets refer to: cifar10 | cifar100 | "
@@ -631,7 +724,8 @@ def _print_budget(con: Console, check: dict[str, Any]) -> None:
     c = check["setting"]
     table = Table(title=f"budget check: {c['setting']} C={c['C']}, {c['layers']} cells, "
                         f"{c['input_hw'][0]}x{c['input_hw'][1]}")
-    for col in ("genotype", "MACs", "cell-op latency ms", "log-weight score"):
+    units = check.get("latency_units")
+    for col in ("genotype", "MACs", "latency ms" + (f" ({units})" if units else ""), "log-weight score"):
         table.add_column(col)
     limits = check["limits"]
     table.add_row("budget", f"{limits['macs'] / 1e6:.2f} M" if "macs" in limits else "-",
@@ -641,6 +735,10 @@ def _print_budget(con: Console, check: dict[str, Any]) -> None:
         lat = r.get("latency_ms")
         table.add_row(name, f"{r['macs'] / 1e6:.2f} M", "-" if lat is None else f"{lat:.3f}", f"{r['score']:.3f}")
     con.print(table)
+    r = check["constrained"]
+    if r.get("latency_ms") is not None and units:
+        con.print(f"predicted {r['latency_ms']:.3g} ms, whole network, {units} "
+                  f"(budget {limits['latency_ms']:.3g} ms)")
 
 
 # ------------------------------------------------------------------------------ export
@@ -661,7 +759,10 @@ def export_cmd(
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile whose look-up table predicts the "
                                            "latency, shown beside the measured one."),
     profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure the network's operator "
-                                         "shapes the --profile lacks (on the profiled device) to predict."),
+                                         "shapes and fixed part the --profile lacks (on the profiled device)."),
+    latency_budget: Optional[str] = typer.Option(None, "--latency-budget", help="Say whether the exported model "
+                                                 "meets this budget as measured on --profile's runtime, provider "
+                                                 "and batch, e.g. 12ms."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8: the deployment model written "
                                   "beside model.onnx (fp16: model_fp16.onnx for CUDA, and fp16 TensorRT engines; "
                                   "int8: model_int8.onnx, ONNX Runtime static QDQ), checked against fp32."),
@@ -681,12 +782,14 @@ def export_cmd(
     """Export a trained network to ONNX, verify it through ONNX Runtime, time it (optionally fp16 or int8)."""
     from edgenas.device import resolve_device
     from edgenas.export import ExportSettings, console_tables, run_export
+    from edgenas.search.budgets import parse_latency
 
     settings = ExportSettings(opset=opset, batch=batch, dynamic_batch=dynamic_batch, providers=providers,
                               exporter=exporter, quantize=quantize, precision=precision, trt_cache=trt_cache,
                               calibration=calibration,
                               test_subset=test_subset, runs=runs, max_warmup=warmup, threads=threads,
-                              profile_missing=profile_missing)
+                              profile_missing=profile_missing,
+                              latency_budget_ms=parse_latency(latency_budget) if latency_budget is not None else None)
     if profile_missing and profile is None:
         raise EdgenasError("--profile-missing completes a profile, but no --profile was given",
                            "add --profile profiles/<device>.json")

@@ -13,7 +13,6 @@ import copy
 import functools
 import re
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,22 +145,6 @@ def op_macs(shape: Any) -> int:
     return _op_macs(shape.op, shape.C, shape.H, shape.W, shape.stride)
 
 
-def latency_lookup(profile: Any, shapes: Iterable[Any]) -> tuple[dict[Any, float], list[Any]]:
-    """Median latency (ms at the profile's batch) of each distinct shape, and the shapes missing.
-
-    A shape is anything with op, C, H, W, stride; missing shapes are returned, never taken as zero.
-    """
-    found: dict[Any, float] = {}
-    missing: list[Any] = []
-    for s in dict.fromkeys(shapes):
-        entry = profile.lookup(s.op, s.C, s.H, s.W, s.stride)
-        if entry is None:
-            missing.append(s)
-        else:
-            found[s] = entry.latency.median
-    return found, missing
-
-
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
@@ -188,83 +171,7 @@ def format_count(n: float | int | None, unit: str = "") -> str:
     return f"{n:g} {unit}".rstrip()
 
 
-# --- whole evaluation networks: latency from a profile, channels from a MAC budget ----------------
-
-#: What :func:`predict_latency` sums, and what it leaves out (said beside every prediction).
-LATENCY_COVERS = (
-    "cell operators only: the sum of the profile's per-operator medians over every operator "
-    "instance in the network's cells; stems, cell preprocessing (1x1 ReLU-conv-BN, "
-    "FactorizedReduce), node additions, concatenation, global pooling and the classifier are "
-    "not included"
-)
-
-
-@dataclass(frozen=True)
-class LatencyPrediction:
-    """A network's latency predicted from a profile (ms per batch of ``batch``).
-
-    ``total_ms`` is ``None`` unless every shape was found: a missing shape is never taken as zero.
-    ``looked_up`` holds (shape, instances, median ms per instance); ``missing`` (shape, instances).
-    """
-
-    total_ms: float | None
-    found_ms: float
-    looked_up: tuple[tuple[Any, int, float], ...]
-    missing: tuple[tuple[Any, int], ...]
-    batch: int
-    device: str
-    mode: str
-    dtype: str
-    covers: str = LATENCY_COVERS
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    def to_dict(self) -> dict[str, object]:
-        def shape(s: Any) -> dict[str, object]:
-            return {"op": s.op, "C": s.C, "H": s.H, "W": s.W, "stride": s.stride}
-
-        return {
-            "total_ms": self.total_ms,
-            "found_ms": self.found_ms,
-            "complete": self.complete,
-            "batch": self.batch,
-            "device": self.device,
-            "mode": self.mode,
-            "dtype": self.dtype,
-            "covers": self.covers,
-            "looked_up": [{**shape(s), "instances": n, "median_ms": ms} for s, n, ms in self.looked_up],
-            "missing": [{**shape(s), "instances": n} for s, n in self.missing],
-        }
-
-
-def predict_latency(genotype: Any, cfg: Any, profile: Any) -> LatencyPrediction:
-    """Sum ``profile``'s median latencies over every cell operator of the evaluation network.
-
-    The additive per-operator model of FBNet (Wu et al., CVPR 2019, Eq. 5) and EL-DARTS: each
-    operator instance from :func:`edgenas.nets.cell_shapes` is looked up at its exact
-    (op, C, H, W, stride); see :data:`LATENCY_COVERS` for what is not included.
-    """
-    from collections import Counter
-
-    from edgenas.nets import cell_shapes
-
-    counts = Counter(cell_shapes(genotype, cfg))
-    found, missing = latency_lookup(profile, counts)
-    looked_up = tuple((s, counts[s], found[s]) for s in counts if s in found)
-    found_ms = sum(n * ms for _, n, ms in looked_up)
-    return LatencyPrediction(
-        total_ms=found_ms if not missing else None,
-        found_ms=found_ms,
-        looked_up=looked_up,
-        missing=tuple((s, counts[s]) for s in missing),
-        batch=profile.batch,
-        device=profile.device,
-        mode=profile.mode,
-        dtype=profile.dtype,
-    )
-
+# --- whole evaluation networks: channels from a MAC budget -------------------------------------------
 
 def network_macs(genotype: Any, cfg: Any, device: torch.device | None = None) -> int:
     """Conv+linear MACs of ``genotype``'s evaluation network for ``cfg`` (per sample)."""

@@ -65,12 +65,13 @@ def write_json(path: str | Path, fmt: str, version: int, payload: dict[str, Any]
     return write_text_atomic(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path, fmt: str, version: int, what: str, *,
+def read_json(path: str | Path, fmt: str, version: int | tuple[int, ...], what: str, *,
               header_optional: bool = False) -> dict[str, Any]:
     """Read a JSON object written by :func:`write_json`, checking its format and version.
 
-    ``what`` names the kind of file in messages ("profile", "search space", ...).
-    ``header_optional`` accepts a file with neither field (written by hand); one present is checked.
+    ``what`` names the kind of file in messages ("profile", "search space", ...); ``version`` may
+    list every version the reader still understands. ``header_optional`` accepts a file with
+    neither field (written by hand); one present is checked.
     """
     path = Path(path)
     if not path.exists():
@@ -90,15 +91,17 @@ def read_json(path: str | Path, fmt: str, version: int, what: str, *,
         raise EdgenasError(f"{what} file {path} does not hold a JSON object", f"pass a {fmt} file")
     if header_optional and "format" not in doc and "version" not in doc:
         return doc
+    versions = version if isinstance(version, tuple) else (version,)
     if doc.get("format") != fmt:
         raise EdgenasError(
             f"{path}: field 'format' is {doc.get('format')!r}, expected {fmt!r}",
-            f"pass a {what} file written by edgenas, or add \"format\": \"{fmt}\", \"version\": {version} "
+            f"pass a {what} file written by edgenas, or add \"format\": \"{fmt}\", \"version\": {max(versions)} "
             "to a hand-made one",
         )
-    if doc.get("version") != version:
+    if doc.get("version") not in versions:
         raise EdgenasError(
-            f"{path}: field 'version' is {doc.get('version')!r}, this edgenas reads version {version}",
+            f"{path}: field 'version' is {doc.get('version')!r}, this edgenas reads version "
+            f"{' or '.join(map(str, versions))}",
             "regenerate the file with this edgenas version",
         )
     return doc

@@ -332,7 +332,7 @@ class NetworkReport:
     thop_macs: int | None
     mobile: bool | None  # meets the mobile setting; None where it does not apply
     mobile_note: str
-    latency: Any = None  # costs.LatencyPrediction when a profile was given
+    latency: Any = None  # latency.LatencyPrediction, filled in by the caller that has a profile
     fit: ChannelFit | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -355,13 +355,13 @@ class NetworkReport:
         }
 
 
-def inspect_network(genotype: Genotype, cfg: NetConfig, *, profile: Any = None,
-                    mac_budget: int | None = None) -> NetworkReport:
-    """Params, MACs (ours and thop's), mobile-setting verdict and, with a profile, predicted latency.
+def inspect_network(genotype: Genotype, cfg: NetConfig, *, mac_budget: int | None = None) -> NetworkReport:
+    """Params, MACs (ours and thop's) and the mobile-setting verdict (a latency prediction from a
+    profile is :func:`edgenas.latency.predict_latency`'s, which sits above this module).
 
     With ``mac_budget`` the configuration's C is first replaced by the largest even C that fits.
     """
-    from edgenas.costs import count_params, fit_channels, measure_costs, network_macs, predict_latency
+    from edgenas.costs import count_params, fit_channels, measure_costs, network_macs
 
     fit = None
     if mac_budget is not None:
@@ -380,6 +380,5 @@ def inspect_network(genotype: Genotype, cfg: NetConfig, *, profile: Any = None,
     return NetworkReport(
         genotype=genotype, config=cfg, params=costs.params,
         aux_params=count_params(net) - costs.params, macs=costs.macs, thop_macs=costs.thop_macs,
-        mobile=mobile, mobile_note=note,
-        latency=predict_latency(genotype, cfg, profile) if profile is not None else None, fit=fit,
+        mobile=mobile, mobile_note=note, fit=fit,
     )

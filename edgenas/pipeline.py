@@ -48,7 +48,9 @@ class ProfileOptions:
 
     ops: tuple[str, ...] = ()          # empty: the 8 DARTS operators
     shapes: str | None = None          # None: the default search supernet's shapes
-    batch: int = 32
+    runtime: str = "ort"               # what the export ships; eager: what a search step pays
+    provider: str = "cpu"              # ort execution provider
+    batch: int = 1                     # the export's and the latency budget's batch
     dtype: str = "fp32"
     mode: str = "forward"
     runs: int = 30
@@ -251,6 +253,10 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
     s = cfg.search
     method.check(SupernetConfig(ops=space.ops, C=s.channels, layers=s.layers or method.default_layers,
                                 steps=s.nodes, cell_residual=method.cell_residual))
+    if cfg.profile.runtime == "ort" and cfg.profile.batch != cfg.export.batch:
+        raise EdgenasError(f"[profile] batch {cfg.profile.batch} differs from [export] batch {cfg.export.batch}: the "
+                           "export compares the profile's prediction with onnxruntime at its own batch",
+                           f"set [profile] batch = {cfg.export.batch}")
     b = cfg.budget
     if b.latency_budget_ms is not None:
         if cfg.profile.mode != "forward":
@@ -373,7 +379,9 @@ class _Stages:
         p = self.cfg.profile
         ops = parse_ops(list(p.ops)) if p.ops else list(DARTS_OPS)
         shapes = parse_shapes(p.shapes) if p.shapes else list(DEFAULT_SHAPES)
-        prof = profile_ops(self.device, ops, shapes, batch=p.batch, dtype=p.dtype, mode=p.mode,
+        # the export's thread count (0: physical cores), so profile and export time alike
+        prof = profile_ops(self.device, ops, shapes, batch=p.batch, dtype=p.dtype, mode=p.mode, runtime=p.runtime,
+                           provider=p.provider if p.runtime == "ort" else None, threads=self.cfg.export.threads,
                            settings=ProfileSettings(runs=p.runs, max_seconds=p.max_seconds))
         prof.save(self.profile_path)
         plot_profile(prof, self.out / "figures" / "profile.png")
@@ -434,7 +442,9 @@ class _Stages:
     def export(self) -> bool:
         from edgenas.export import run_export
 
-        settings = dataclasses.replace(self.cfg.export, profile_missing=True)  # measured where it profiled
+        # measured where it profiled; a latency-budgeted run says whether the exported model meets it
+        settings = dataclasses.replace(self.cfg.export, profile_missing=True,
+                                       latency_budget_ms=self.cfg.budget.latency_budget_ms)
         run_export(self.out / "train", data=self.cfg.data, out=self.out / "export", settings=settings,
                    device=self.device, profile=self.profile_path, log=self.log)
         return True

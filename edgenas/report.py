@@ -65,8 +65,7 @@ def plot_profile(profile: Profile, path: str | Path) -> Path:
         ax_m.bar(xs, mem, width, color=colors[i])
     ax_t.set_yscale("log")
     ax_t.set_ylabel(f"latency per batch of {profile.batch} (ms)")
-    ax_t.set_title(f"{profile.device}: {profile.mode}, {profile.dtype}, batch {profile.batch} "
-                   "(median, p10-p90)", fontsize=9)
+    ax_t.set_title(f"{profile.device}: {profile.units()}, {profile.mode} (median, p10-p90)", fontsize=9)
     fig.legend(*ax_t.get_legend_handles_labels(), loc="outside upper center", fontsize=8,
                ncol=min(4, len(ops)), frameon=False)
     ax_t.grid(axis="y", alpha=0.3, which="both")

@@ -82,10 +82,11 @@ def _stage(title: str, data: T | None, build: Callable[[T], list[Block]]) -> Sec
 def _profile(out: Path, prof: dict[str, Any]) -> list[Block]:
     env = prof.get("environment", {})
     rows = sorted(prof.get("entries", []), key=lambda e: e["latency_ms"]["median"])
-    return [f"Device **{env.get('device_name', prof.get('device'))}**, mode {prof.get('mode')}, "
-            f"{prof.get('dtype')}, batch {prof.get('batch')}, torch {env.get('torch')}, "
-            f"{env.get('torch_threads')} threads. Latency is the median over timed runs after a "
-            "stable warm-up (ms per batch).",
+    units = prof.get("units") or f"batch {prof.get('batch')}"
+    return [f"Device **{env.get('device_name', prof.get('device'))}**, {units}, mode {prof.get('mode')}, "
+            f"{prof.get('dtype')}, {prof.get('threads') or env.get('torch_threads')} threads, torch "
+            f"{env.get('torch')}. Latency is the median per call after a stable warm-up, each entry timed for "
+            "a minimum duration (ms; an onnxruntime entry is what one more copy of the operator adds).",
             Table(["op", "C x H x W : stride", "median ms", "p10", "p90", "MMACs", "params"],
                   [[e["op"], f"{e['C']}x{e['H']}x{e['W']}:{e['stride']}",
                     _f(e["latency_ms"]["median"], 3), _f(e["latency_ms"]["p10"], 3),
@@ -123,7 +124,8 @@ def _budget(budget: dict[str, Any]) -> list[Block]:
                                     for k, v in limits.items())
             + f"; search penalty {budget.get('penalty')} with weight {budget.get('weight')}.")
     return [text,
-            Table(["genotype", "MACs", "predicted latency ms"],
+            Table(["genotype", "MACs", "predicted latency ms" + (f" (whole network, {budget['latency_units']})"
+                                                                  if budget.get("latency_units") else "")],
                   [[name, _mmacs(budget[name].get("macs")), _f(budget[name].get("latency_ms"), 3)]
                    for name in ("constrained", "unconstrained")])]
 
@@ -149,9 +151,12 @@ def _export(exp: dict[str, Any], budget: dict[str, Any] | None) -> list[Block]:
                 *(_f(t["stats"].get(k), 3) for k in ("median", "p10", "p90")), t["stats"].get("n")]
                for t in exp.get("timing", [])])]
     if exp.get("prediction"):
-        from edgenas.export.report import describe_prediction  # the wording export's own reports use
+        from edgenas.export.report import describe_budget, describe_prediction  # export's own wording
 
         blocks.append(describe_prediction(exp["prediction"]))
+        budget_line = describe_budget(exp["prediction"])
+        if budget_line:
+            blocks.append(budget_line)
     unavailable = [p for p in exp.get("providers", []) if not p.get("usable")]
     if unavailable:
         blocks.append("Unavailable providers: " + "; ".join(

@@ -147,6 +147,7 @@ class OpTotals:
     macs: int
     params: int
     memory_bytes: int
+    spread_ms: float = 0.0  # sum over the shapes of half the p10-p90 width: the measurement's own noise
 
     def no_worse_than(self, other: OpTotals) -> bool:
         return (self.latency_ms <= other.latency_ms and self.macs <= other.macs
@@ -170,7 +171,8 @@ def op_totals(profile: Profile, op: str, shapes: list[Shape]) -> OpTotals:
         raise EdgenasError(f"the profile lacks {op} at some of the shapes compared",
                            "profile every operator at the same shapes")
     return OpTotals(sum(e.latency.median for e in entries), sum(e.macs for e in entries),
-                    sum(e.params for e in entries), sum(e.memory_bytes for e in entries))
+                    sum(e.params for e in entries), sum(e.memory_bytes for e in entries),
+                    sum((e.latency.p90 - e.latency.p10) / 2 for e in entries))
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,26 @@ class PruneConfig:
     max_latency_ratio: float | None = None
 
 
+def pool_choice(members: list[str], totals: dict[str, OpTotals]) -> tuple[str, str]:
+    """The parameter-free operator a role keeps, and a note with the margin used.
+
+    The paper's operator (EL-DARTS keeps max_pool_3x3) stays unless another is faster by more than
+    the two measurements' own spread (the sum of their half p10-p90 widths): a difference inside
+    the noise says nothing about the device.
+    """
+    fastest = min(members, key=lambda o: totals[o].latency_ms)
+    preferred = next((o for o in members if o in EL_DARTS_OPS), fastest)
+    if preferred == fastest:
+        return fastest, f"{fastest} is the fastest of {', '.join(members)}"
+    gap = totals[preferred].latency_ms - totals[fastest].latency_ms
+    margin = totals[preferred].spread_ms + totals[fastest].spread_ms
+    if gap > margin:
+        return fastest, (f"{fastest} replaces {preferred}: faster by {gap:.4f} ms, more than the measured "
+                         f"spread margin {margin:.4f} ms")
+    return preferred, (f"{preferred} kept over {fastest}: {fastest} is faster by only {gap:.4f} ms, within the "
+                       f"measured spread margin {margin:.4f} ms")
+
+
 def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | None = None) -> SearchSpace:
     """Apply the pruning rules to the profile's measured operators.
 
@@ -191,7 +213,8 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
       zero        ``none`` is dropped: it carries no features, DARTS only uses it to weigh edges;
       kernel      a larger kernel is dropped when a kept smaller kernel of its family is no worse
                   in latency, MACs, params and memory (two stacked 3x3 cover a 5x5's field);
-      pool        of parameter-free ops sharing a family (same role), only the fastest stays;
+      pool        of parameter-free ops sharing a family (same role) one stays: the paper's
+                  (max_pool_3x3) unless another is faster by more than the measured spread;
       latency     (optional) an op slower than X times the median parametric op is dropped.
     """
     from edgenas.ops import get_op
@@ -218,7 +241,7 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
     where = f"summed over {len(shapes)} shape(s): {', '.join(map(str, shapes))}"
     kept = list(measured)
     dropped: list[DroppedOp] = []
-    notes: list[str] = [f"costs are {where}; batch {profile.batch}, {profile.dtype}, mode {profile.mode}"]
+    notes: list[str] = [f"costs are {where}; {profile.units()}, mode {profile.mode}"]
 
     def drop(op: str, rule: str, reason: str, numbers: dict[str, float]) -> None:
         kept.remove(op)
@@ -260,7 +283,7 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
                          f"({op}: {totals[op].describe()}; "
                          + "; ".join(f"{o}: {totals[o].describe()}" for o in smaller) + ")")
 
-    # pooling rule: parameter-free ops of one family play one role; the fastest stays
+    # pooling rule: parameter-free ops of one family play one role; one stays
     families: dict[str, list[str]] = {}
     for op in kept:
         spec = get_op(op)
@@ -269,19 +292,16 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
     for family, members in families.items():
         if len(members) < 2:
             continue
-        fastest = min(members, key=lambda o: totals[o].latency_ms)
+        winner, margin_note = pool_choice(members, totals)
+        notes.append(margin_note)
         for op in members:
-            if op == fastest or op in protected:
+            if op == winner or op in protected:
                 continue
             drop(op, "pool",
-                 f"{fastest} plays the same parameter-free {family} role faster "
-                 f"({totals[fastest].latency_ms:.3f} vs {totals[op].latency_ms:.3f} ms)",
-                 {**totals[op].numbers(), **totals[fastest].numbers("than_")})
-        expected = [o for o in members if o in EL_DARTS_OPS]
-        if expected and fastest not in EL_DARTS_OPS:
-            notes.append(f"measured here, {fastest} ({totals[fastest].latency_ms:.3f} ms) is faster than "
-                         f"{expected[0]} ({totals[expected[0]].latency_ms:.3f} ms), so {fastest} is kept "
-                         f"where EL-DARTS keeps {expected[0]}")
+                 f"{winner} plays the same parameter-free {family} role ({totals[winner].latency_ms:.3f} vs "
+                 f"{totals[op].latency_ms:.3f} ms); {margin_note}",
+                 {**totals[op].numbers(), **totals[winner].numbers("than_"),
+                  "margin_ms": round(totals[op].spread_ms + totals[winner].spread_ms, 6)})
 
     if config.max_latency_ratio is not None:
         import statistics

@@ -226,6 +226,35 @@ def test_plan_budgets_fails_early_with_the_minimum_and_confirms_results() -> Non
     assert rep["constrained"]["macs"] <= tight.mac_budget < rep["unconstrained"]["macs"]
 
 
+def test_latency_model_is_the_whole_network() -> None:
+    """The fixed part of the profile is the model's fixed cost; without it the model is refused."""
+    from dataclasses import replace
+
+    from edgenas.device import TimingStats
+    from edgenas.genotypes import GENOTYPES
+    from edgenas.latency import predict_latency
+    from edgenas.nets import default_config, edge_shape, plan_cells
+    from edgenas.profiling import FixedPart, NetKey, Profile, ProfileEntry, ShapeKey
+    from edgenas.search.budgets import latency_model, reference_genotype
+
+    cfg = default_config("cifar10", C=4, layers=3, input_hw=(8, 8))
+    ops = ("skip_connect", "sep_conv_3x3")
+    keys = {ShapeKey(*edge_shape(p, op, i)) for p in plan_cells(reference_genotype(ops, 4), cfg)
+            for op in ops for i in range(5)}
+    entries = [ProfileEntry(k, TimingStats(0.1 if k.op == "skip_connect" else 0.3, 0.1, 0.3, 0.2, 0.0, 5), 0, "x", 0, 0)
+               for k in sorted(keys, key=str)]
+    part = FixedPart(NetKey.of(cfg), TimingStats(2.0, 2.0, 2.0, 2.0, 0.0, 5), 2.5, 0.5)
+    profile = Profile("cpu-test", 1, "fp32", "forward", {}, entries, parts=[part])
+    model = latency_model(cfg, ops, 4, profile)
+    assert model.fixed == 2.0 and "whole network" in model.note
+    g = GENOTYPES["DARTS_V2"]
+    g = type(g)(tuple((o if o in ops else "sep_conv_3x3", i) for o, i in g.normal), g.normal_concat,
+                tuple((o if o in ops else "skip_connect", i) for o, i in g.reduce), g.reduce_concat)
+    assert model.genotype_cost(g) == pytest.approx(predict_latency(g, cfg, profile).total_ms)
+    with pytest.raises(EdgenasError, match="fixed part of cifar10 C=4, 3 cells"):
+        latency_model(cfg, ops, 4, replace(profile, parts=[]))
+
+
 @pytest.mark.parametrize("text,ms", [("12ms", 12.0), ("0.5s", 500.0), ("7", 7.0), ("250us", 0.25)])
 def test_parse_latency(text: str, ms: float) -> None:
     from edgenas.search.budgets import parse_latency

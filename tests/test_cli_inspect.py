@@ -84,29 +84,36 @@ def test_inspect_plot_writes_png(tmp_path) -> None:
     assert str(png) in r.stdout
 
 
-def _profile(tmp_path, genotype: str, skip: int) -> tuple:
+def _profile(tmp_path, genotype: str, skip: int, fixed: float | None = 1.5) -> tuple:
+    """A hand-made eager profile: every operator shape at 0.5 ms but the first ``skip``, and the
+    TINY network's fixed part at ``fixed`` ms (None: no fixed part)."""
     from edgenas.device import TimingStats
-    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+    from edgenas.profiling import FixedPart, NetKey, Profile, ProfileEntry, ShapeKey
 
     cfg = default_config("cifar10", C=8, layers=5, input_hw=(16, 16))
     shapes = cell_shapes(GENOTYPES[genotype], cfg)
     distinct = list(dict.fromkeys(shapes))
     entries = [ProfileEntry(ShapeKey(*s), TimingStats(0.5, 0.4, 0.6, 0.5, 0.01, 5), 0, "test", 0, 0)
                for s in distinct[skip:]]
-    path = Profile("cpu-test", 4, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    parts = [] if fixed is None else [FixedPart(NetKey.of(cfg), TimingStats(fixed, fixed, fixed, fixed, 0.0, 5),
+                                                fixed + 1.0, 1.0)]
+    path = Profile("cpu-test", 4, "fp32", "forward", {}, entries, parts=parts).save(tmp_path / "p.json")
     return path, shapes, distinct
 
 
-def test_inspect_profile_complete(tmp_path) -> None:
+def test_inspect_profile_complete_is_the_whole_network(tmp_path) -> None:
     path, shapes, _ = _profile(tmp_path, "DARTS_V2", skip=0)
     r = run("inspect", "DARTS_V2", *TINY, "--profile", path, "--json")
     assert r.exit_code == 0, r.output
     lat = json.loads(r.stdout)["latency"]
-    assert lat["complete"] and lat["total_ms"] == pytest.approx(0.5 * len(shapes))
+    # prediction = fixed part + every operator instance: the parts add up
+    assert lat["complete"] and lat["total_ms"] == pytest.approx(1.5 + 0.5 * len(shapes))
+    assert lat["fixed_ms"] == 1.5 and lat["found_ms"] == pytest.approx(0.5 * len(shapes))
     assert sum(e["instances"] for e in lat["looked_up"]) == len(shapes) and lat["batch"] == 4
     r = run("inspect", "DARTS_V2", *TINY, "--profile", path)
-    assert f"predicted latency: {0.5 * len(shapes):.4g} ms per batch of 4" in r.stdout
-    assert "cell operators only" in r.stdout and "stems" in r.stdout
+    total = 1.5 + 0.5 * len(shapes)
+    assert f"predicted {total:.3g} ms, whole network, PyTorch eager on cpu, batch 4" in r.stdout
+    assert "whole network" in r.stdout and "stems" in r.stdout
 
 
 def test_inspect_profile_missing_shapes_are_listed(tmp_path) -> None:
@@ -117,8 +124,55 @@ def test_inspect_profile_missing_shapes_are_listed(tmp_path) -> None:
     assert lat["total_ms"] is None and not lat["complete"]
     assert [(m["op"], m["C"], m["H"], m["W"], m["stride"]) for m in lat["missing"]] == [tuple(s) for s in distinct[:2]]
     r = run("inspect", "DARTS_V2", *TINY, "--profile", path)
-    assert "no total: 2 of" in r.stdout and "missing" in r.stdout
-    assert f"edgenas profile --ops {distinct[0].op}" in r.stdout.replace("\n", " ")
+    assert "no prediction (2 operator shape(s) missing)" in r.stdout and "missing" in r.stdout
+    text = r.stdout.replace("\n", " ")
+    assert "--setting cifar10 --channels 8 --layers 5 --input 16x16 --batch 4" in text
+    assert f"--ops {distinct[0].op}" in text
+
+
+def test_inspect_names_a_missing_fixed_part(tmp_path) -> None:
+    path, _, _ = _profile(tmp_path, "DARTS_V2", skip=0, fixed=None)
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path, "--json")
+    lat = json.loads(r.stdout)["latency"]
+    assert lat["total_ms"] is None and lat["missing_part"].startswith("cifar10 C=8, 5 cells, 3x16x16")
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path)
+    assert "no fixed part for cifar10 C=8, 5 cells" in r.stdout.replace("\n", " ")
+
+
+def test_inspect_measure_on_another_device_is_refused(tmp_path) -> None:
+    path, _, _ = _profile(tmp_path, "DARTS_V2", skip=0)  # device "cpu-test" is not this machine
+    r = run("inspect", "DARTS_V2", *TINY, "--profile", path, "--measure")
+    assert_clean_failure(r, "device cpu-test")
+    r = run("inspect", "DARTS_V2", *TINY, "--measure")
+    assert_clean_failure(r, "need a --profile")
+
+
+def test_inspect_measure_prints_predicted_measured_and_error(tmp_path) -> None:
+    """A real (tiny) onnxruntime profile of the TINY network, then --measure on it."""
+    out = tmp_path / "ort.json"
+    r = run("profile", "--setting", "cifar10", "--channels", "8", "--layers", "5", "--input", "16x16",
+            "--no-search-shapes", "--ops", "skip_connect,sep_conv_3x3,max_pool_3x3,dil_conv_3x3",
+            "--threads", "1", "--min-seconds", "0.02", "--max-seconds", "0.05", "--runs", "3", "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    geno = tmp_path / "g.json"
+    from edgenas.genotypes import Genotype
+
+    g = Genotype(normal=(("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 0), ("sep_conv_3x3", 2),
+                         ("skip_connect", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 3), ("skip_connect", 4)),
+                 normal_concat=(2, 3, 4, 5),
+                 reduce=(("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("dil_conv_3x3", 0),
+                         ("max_pool_3x3", 1), ("skip_connect", 3), ("sep_conv_3x3", 4), ("skip_connect", 2)),
+                 reduce_concat=(2, 3, 4, 5))
+    save_genotype(g, geno)
+    r = run("inspect", str(geno), *TINY, "--profile", out, "--measure", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    m, lat = doc["measured"], doc["latency"]
+    assert lat["complete"] and m["predicted_ms"] == lat["total_ms"] and m["measured_ms"] > 0
+    assert m["relative_error"] == pytest.approx((m["predicted_ms"] - m["measured_ms"]) / m["measured_ms"])
+    assert m["units"] == "onnxruntime CPU provider, batch 1"
+    r = run("inspect", str(geno), *TINY, "--profile", out, "--measure")
+    assert "measured" in r.stdout and "error" in r.stdout and "onnxruntime CPU provider, batch 1" in r.stdout
 
 
 def test_list_genotypes() -> None:

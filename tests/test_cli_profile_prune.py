@@ -38,7 +38,11 @@ def test_profile_writes_json_plot_and_prints_json(tiny_profile):
     assert doc["format"] == "edgenas.profile" and doc["entries"] == out["entries"]
     assert (d / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the human table goes to stderr under --json, sorted by latency
-    assert "sorted" not in r.stdout and "ms per batch, by latency" in r.stderr
+    assert "sorted" not in r.stdout and "ms per call, by latency" in r.stderr
+    # units: the runtime, provider, batch, dtype and threads are named in the file and the table
+    assert (doc["runtime"], doc["provider"], doc["batch"], doc["dtype"]) == ("ort", "cpu", 2, "fp32")
+    assert doc["threads"] >= 1 and doc["units"] == "onnxruntime CPU provider, batch 2"
+    assert "onnxruntime CPU provider, batch 2" in r.stderr
 
 
 def test_profile_table_is_sorted_by_latency(tiny_profile, tmp_path):
@@ -57,7 +61,7 @@ def test_profile_default_out_and_quiet(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert r.output == ""
     slug = device_slug(torch.device("cpu"))
-    assert json.loads((tmp_path / "profiles" / f"{slug}.json").read_text())["device"] == slug
+    assert json.loads((tmp_path / "profiles" / f"{slug}-ort.json").read_text())["device"] == slug
 
 
 def test_prune_end_to_end_on_a_real_profile(tiny_profile, tmp_path):
@@ -159,6 +163,38 @@ def test_profile_bad_input(tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_profile_setting_derives_the_shapes_and_the_fixed_part(tmp_path):
+    from edgenas.profiling import setting_config, setting_shapes
+
+    out = tmp_path / "p.json"
+    r = run("profile", "--setting", "cifar10", "--channels", "4", "--layers", "3", "--input", "8x8",
+            "--no-search-shapes", "--ops", "skip_connect,max_pool_3x3", "--runs", "3", "--min-seconds", "0.01",
+            "--max-seconds", "0.05", "--threads", "1", "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    cfg = setting_config("cifar10", channels=4, layers=3, input_hw=(8, 8))
+    assert {(e["C"], e["H"], e["W"], e["stride"]) for e in doc["entries"]} == \
+        {(s.C, s.H, s.W, s.stride) for s in setting_shapes(cfg)}
+    (part,) = doc["parts"]
+    assert (part["setting"], part["C"], part["layers"], part["H"], part["num_classes"]) == ("cifar10", 4, 3, 8, 10)
+    assert part["latency_ms"]["median"] == pytest.approx(max(0.0, part["network_ms"] - part["reference_ops_ms"]))
+    assert "fixed part of cifar10 C=4, 3 cells" in r.stderr
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--setting", "mnist"], ["unknown setting 'mnist'", "imagenet-mobile"]),
+    (["--shapes", "4x8x8:1", "--channels", "8"], ["--setting"]),
+    (["--provider", "cuda"] if not torch.cuda.is_available() else ["--provider", "npu"], ["provider"]),
+    (["--runtime", "tflite"], ["unknown runtime 'tflite'"]),
+    (["--runtime", "eager", "--provider", "cpu"], ["onnxruntime setting"]),
+])
+def test_profile_bad_runtime_options(tmp_path, args, needles):
+    out = tmp_path / "p.json"
+    r = run("profile", "--ops", "skip_connect", *args, "--out", str(out))
+    assert_clean_failure(r, *needles)
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_profile_cuda_without_gpu(tmp_path):
     out = tmp_path / "p.json"
@@ -183,7 +219,7 @@ def test_profile_unwritable_out_fails_before_measuring(tmp_path):
 @pytest.mark.needs_cuda
 def test_profile_on_cuda(tmp_path):
     out = tmp_path / "p.json"
-    r = run("profile", *TINY, "--device", "cuda", "--out", str(out))
+    r = run("profile", *TINY, "--runtime", "eager", "--device", "cuda", "--out", str(out))
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert {e["memory_kind"] for e in doc["entries"]} == {"cuda_peak_allocated_above_baseline"}

@@ -254,70 +254,128 @@ def test_mobile_verdict_for_imagenet_networks() -> None:
     assert costs["mobile"]["macs_224"] > costs["macs"]
 
 
-def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: Path) -> None:
-    """A hand-made profile holding every cell-op shape at 0.01 ms: the prediction is their sum."""
-    from edgenas.device import TimingStats
+def _hand_profile(tmp_path: Path, net, *, skip: int = 0, fixed: float | None = 0.2, **over) -> Path:
+    """An onnxruntime CPU profile of this machine at batch 1 with the export's threads: every operator
+    shape of ``net`` but the first ``skip`` at 0.01 ms, and its fixed part at ``fixed`` ms."""
+    from edgenas.device import TimingStats, device_slug
     from edgenas.nets import cell_shapes
-    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
+    from edgenas.profiling import FixedPart, NetKey, Profile, ProfileEntry, ProfileSettings, ShapeKey
+
+    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
+    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys[skip:]]
+    parts = [] if fixed is None else [
+        FixedPart(NetKey.of(net.cfg), TimingStats(fixed, fixed, fixed, fixed, 0.0, 5), fixed, 0.0)]
+    quick = ProfileSettings(runs=3, min_warmup=1, max_warmup=2, max_seconds=0.1, min_seconds=0.02)
+    fields = dict(device=device_slug(torch.device("cpu")), batch=1, dtype="fp32", mode="forward", environment={},
+                  entries=entries, settings=quick, runtime="ort", provider="cpu", threads=physical_cores(),
+                  parts=parts)
+    fields.update(over)
+    return Profile(**fields).save(tmp_path / "p.json")
+
+
+def test_profile_prediction_beside_measurement(tiny_train_run: Path, tmp_path: Path) -> None:
+    """Whole network (fixed part + every operator instance), compared with onnxruntime's CPU
+    provider at batch 1, the profile's target; the units are named wherever it is printed."""
+    from edgenas.nets import cell_shapes
 
     net = load_trained(tiny_train_run)
-    shapes = cell_shapes(net.genotype, net.cfg)
-    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in shapes))
-    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys]
-    path = Profile("cpu-elsewhere", 1, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    n_ops = len(cell_shapes(net.genotype, net.cfg))
+    path = _hand_profile(tmp_path, net)
     doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
                      settings=ExportSettings(providers="cpu", **FAST)).to_dict()
     p = doc["prediction"]
-    assert p["predicted_ms"] == pytest.approx(0.01 * len(shapes)) and p["missing"] == 0
-    eager = next(t for t in doc["timing"] if t["runtime"] == "pytorch-eager" and t["batch"] == 1)
-    assert p["measured_ms"] == eager["stats"]["median"]
+    assert p["predicted_ms"] == pytest.approx(0.2 + 0.01 * n_ops) and p["missing"] == 0 and p["fixed_ms"] == 0.2
+    ort_cpu = next(t for t in doc["timing"] if t["runtime"] == "onnxruntime" and t["batch"] == 1)
+    assert p["measured_ms"] == ort_cpu["stats"]["median"] and p["units"] == "onnxruntime CPU provider, batch 1"
     assert p["relative_error"] == pytest.approx((p["predicted_ms"] - p["measured_ms"]) / p["measured_ms"])
-    assert any("cpu-elsewhere" in w for w in doc["warnings"])
+    assert p["budget"] is None
     # report.md and the terminal say it in the same words (the run report too: test_pipeline)
     from rich.console import Console
 
     from edgenas.export.report import console_tables, describe_prediction
 
     sentence = describe_prediction(p)
-    assert sentence.startswith(f"Latency the profile {path} (cpu-elsewhere, forward) predicts")
+    assert "whole network, onnxruntime CPU provider, batch 1" in sentence
     assert sentence in (tmp_path / "o" / REPORT_MD).read_text()
     con = Console(record=True, width=1000)
     con.print(*console_tables(doc))
     assert sentence in con.export_text()
 
 
-def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_run: Path, tmp_path: Path) -> None:
-    from edgenas.device import TimingStats
-    from edgenas.nets import cell_shapes
-    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
-
+@pytest.mark.parametrize("budget_ms, verdict", [(1e6, "meets"), (1e-6, "does NOT meet")])
+def test_budget_line_says_whether_the_exported_model_meets_it(tiny_train_run: Path, tmp_path: Path,
+                                                              budget_ms: float, verdict: str) -> None:
     net = load_trained(tiny_train_run)
-    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
-    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys[1:]]
-    path = Profile("cpu", 1, "fp32", "forward", {}, entries).save(tmp_path / "p.json")
+    path = _hand_profile(tmp_path, net)
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                     settings=ExportSettings(providers="cpu", latency_budget_ms=budget_ms, **FAST)).to_dict()
+    b = doc["prediction"]["budget"]
+    assert b["met"] is (verdict == "meets") and b["measured_ms"] == doc["prediction"]["measured_ms"]
+    line = f"Latency budget: the exported model {verdict} "
+    text = (tmp_path / "o" / REPORT_MD).read_text()
+    assert line in text and "as measured" in text and "onnxruntime CPU provider, batch 1" in text
+
+
+@pytest.mark.parametrize("over, settings, needles", [
+    (dict(device="cpu-elsewhere"), {}, ["device cpu-elsewhere"]),
+    (dict(batch=4), {}, ["batch 4"]),
+    (dict(provider="cuda"), dict(providers="cpu"), ["cuda", "--providers"]),
+    (dict(threads=999), {}, ["999 onnxruntime threads", "--threads 999"]),
+    (dict(runtime="eager", provider=None, mode="train"), {}, ["train passes"]),
+])
+def test_a_profile_of_another_target_is_refused_before_any_work(tiny_train_run: Path, tmp_path: Path, over, settings,
+                                                                 needles) -> None:
+    net = load_trained(tiny_train_run)
+    path = _hand_profile(tmp_path, net, **over)
+    with pytest.raises(EdgenasError) as e:
+        run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                   settings=ExportSettings(**{"providers": "cpu", **FAST, **settings}))
+    for n in needles:
+        assert n in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_latency_budget_needs_a_profile(tiny_train_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(EdgenasError, match="no --profile"):
+        run_export(tiny_train_run, data=None, out=tmp_path / "o", device=torch.device("cpu"),
+                   settings=ExportSettings(providers="cpu", latency_budget_ms=5.0, **FAST))
+
+
+def test_an_eager_profile_is_labelled_informative(tiny_train_run: Path, tmp_path: Path) -> None:
+    net = load_trained(tiny_train_run)
+    path = _hand_profile(tmp_path, net, runtime="eager", provider=None)
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                     settings=ExportSettings(providers="cpu", **FAST)).to_dict()
+    p = doc["prediction"]
+    eager = next(t for t in doc["timing"] if t["runtime"] == "pytorch-eager" and t["batch"] == 1)
+    assert p["measured_ms"] == eager["stats"]["median"] and "PyTorch eager" in p["units"]
+    assert any("not with the onnxruntime model this export ships" in w for w in doc["warnings"])
+
+
+def test_a_profile_missing_shapes_gives_no_prediction_and_says_why(tiny_train_run: Path, tmp_path: Path) -> None:
+    net = load_trained(tiny_train_run)
+    path = _hand_profile(tmp_path, net, skip=1, fixed=None)
     run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
                settings=ExportSettings(providers="cpu", **FAST))
     text = (tmp_path / "o" / REPORT_MD).read_text()
     assert "No latency prediction from the profile" in text
-    assert "1 of this network's operator shape(s) are not in it" in text
+    assert "it lacks 1 of this network's operator shape(s) and the fixed part of cifar10 C=4, 3 cells" in text
     assert "predicted -" not in text
 
 
 def test_profile_missing_measures_the_shapes_the_profile_lacks(tiny_train_run: Path, tmp_path: Path) -> None:
-    from edgenas.device import TimingStats, device_slug
-    from edgenas.nets import cell_shapes
-    from edgenas.profiling import Profile, ProfileEntry, ProfileSettings, ShapeKey
+    from edgenas.profiling import load_profile
 
     net = load_trained(tiny_train_run)
-    keys = list(dict.fromkeys(ShapeKey(s.op, s.C, s.H, s.W, s.stride) for s in cell_shapes(net.genotype, net.cfg)))
-    entries = [ProfileEntry(k, TimingStats(0.01, 0.01, 0.01, 0.01, 0.0, 5), 0, "none", 0, 0) for k in keys[1:]]
-    quick = ProfileSettings(runs=3, min_warmup=1, max_warmup=2, max_seconds=0.2)
-    path = Profile(device_slug(torch.device("cpu")), 1, "fp32", "forward", {}, entries, quick).save(tmp_path / "p.json")
+    path = _hand_profile(tmp_path, net, skip=1, fixed=None)
+    n = len(load_profile(path).entries)
     doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
                      settings=ExportSettings(providers="cpu", profile_missing=True, **FAST)).to_dict()
     p = doc["prediction"]
-    assert p["missing"] == 0 and p["predicted_ms"] > 0.01 * (len(keys) - 1)
-    assert len(Profile.load(path).entries) == len(keys) - 1  # the file given is left as it was
+    # the shape and the fixed part were measured (the hand-made entries make the fixed part small)
+    assert p["missing"] == 0 and p["missing_part"] is None and p["fixed_ms"] >= 0
+    assert p["predicted_ms"] == pytest.approx(p["fixed_ms"] + p["found_ms"])
+    assert len(load_profile(path).entries) == n  # the file given is left as it was
 
 
 @pytest.mark.parametrize("for_tensorrt,zero_point_type",

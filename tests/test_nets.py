@@ -134,47 +134,7 @@ def test_config_errors() -> None:
     assert default_config("cifar10", layers=2).reduction_cells == (0, 1)
 
 
-# --- costs of whole networks: latency prediction and channel fitting ----------------------------
-
-def hand_profile(shapes, skip=0, batch=8):
-    """A Profile with a distinct, known median for every distinct shape except the first ``skip``."""
-    from edgenas.device import TimingStats
-    from edgenas.profiling import Profile, ProfileEntry, ShapeKey
-
-    distinct = list(dict.fromkeys(shapes))
-    entries = [ProfileEntry(ShapeKey(*s), TimingStats(0.25 * (i + 1), 0.2, 0.3, 0.25, 0.01, 5), 0, "test", 0, 0)
-               for i, s in enumerate(distinct) if i >= skip]
-    return Profile("cpu-test", batch, "fp32", "forward", {}, entries), distinct
-
-
-def test_predict_latency_sums_every_instance() -> None:
-    from edgenas.costs import predict_latency
-
-    g, cfg = GENOTYPES["PC_DARTS_cifar"], tiny()
-    shapes = cell_shapes(g, cfg)
-    prof, distinct = hand_profile(shapes)
-    expected = sum(0.25 * (distinct.index(s) + 1) for s in shapes)  # one term per instance
-    pred = predict_latency(g, cfg, prof)
-    assert pred.complete and pred.missing == ()
-    assert pred.total_ms == pytest.approx(expected) and pred.found_ms == pytest.approx(expected)
-    assert sum(n for _, n, _ in pred.looked_up) == len(shapes) == cfg.layers * 8
-    assert pred.batch == 8 and "stems" in pred.covers and "classifier" in pred.covers
-
-
-def test_predict_latency_reports_missing_shapes_never_zero() -> None:
-    from edgenas.costs import predict_latency
-
-    g, cfg = GENOTYPES["DARTS_V2"], tiny()
-    shapes = cell_shapes(g, cfg)
-    prof, distinct = hand_profile(shapes, skip=2)
-    pred = predict_latency(g, cfg, prof)
-    assert pred.total_ms is None and not pred.complete
-    assert [s for s, _ in pred.missing] == distinct[:2]
-    assert [n for _, n in pred.missing] == [shapes.count(s) for s in distinct[:2]]
-    assert pred.found_ms == pytest.approx(sum(0.25 * (distinct.index(s) + 1) for s in shapes if s not in distinct[:2]))
-    d = pred.to_dict()
-    assert d["total_ms"] is None and d["complete"] is False and len(d["missing"]) == 2
-
+# --- costs of whole networks: channel fitting (latency prediction: test_latency.py) -------------
 
 def test_fit_channels_finds_the_largest_even_c() -> None:
     from edgenas.costs import fit_channels, network_macs

@@ -21,7 +21,7 @@ method = "el_darts"
 device = "cpu"
 [profile]
 shapes = "8x16x16:1,8x16x16:2"
-batch = 4
+batch = 1
 runs = 5
 max_seconds = 0.2
 [prune]
@@ -82,7 +82,7 @@ def _check_artefacts(out: Path, budget: float) -> None:
     assert "data:image/png;base64," in html and "src='figures" not in html  # self-contained
     md = (out / "report.md").read_text()
     assert md.count("![") >= 4
-    assert f"predicts (cell operators only) at batch {export['prediction']['batch']}" in md
+    assert "whole network, onnxruntime CPU provider, batch 1" in md
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
@@ -173,3 +173,35 @@ def test_a_missing_dataset_stops_the_run_before_any_stage(tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["run", "--data", f"fashion-mnist:{tmp_path / 'nope'}", "--out", str(out)])
     assert result.exit_code == 2 and "does not exist" in result.stderr and "Traceback" not in result.output
     assert not out.exists()  # no profile measured, nothing half-written
+
+
+def test_a_profile_batch_other_than_the_exports_stops_the_run_before_any_stage(tmp_path: Path) -> None:
+    """The export compares the profile's prediction with onnxruntime at its own batch: a run whose
+    profile is for another batch is refused before minutes of searching, not at the export."""
+    path = _config(tmp_path)
+    path.write_text(path.read_text().replace("[profile]\n", "[profile]\nbatch = 4\n", 1).replace("batch = 1\n", "", 1))
+    cfg = load_config(path, {})
+    assert cfg.profile.batch == 4 and cfg.export.batch == 1
+    with pytest.raises(EdgenasError, match=r"\[profile\] batch 4 differs from \[export\] batch 1"):
+        run_pipeline(cfg, tmp_path / "run", device=CPU, quiet=True)
+    assert not (tmp_path / "run" / "profile.json").exists()
+
+
+def test_the_demo_profiles_what_the_export_ships() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {})
+    assert (cfg.profile.runtime, cfg.profile.provider, cfg.profile.batch) == ("ort", "cpu", cfg.export.batch)
+
+
+def test_run_report_export_section_has_the_budget_line(straight_run: Path) -> None:
+    """The run report repeats the export's sentences: prediction against measurement and, for a
+    latency-budgeted run, whether the exported model meets the budget as measured."""
+    from edgenas.export.report import describe_budget, describe_prediction
+    from edgenas.run_report import _export
+
+    exp = json.loads((straight_run / "export" / "report.json").read_text())
+    p = exp["prediction"]
+    assert describe_budget(p) is None and describe_prediction(p) in _export(exp, None)
+    p["budget"] = {"limit_ms": 1e-6, "measured_ms": p["measured_ms"], "units": p["units"], "met": False}
+    blocks = _export(exp, None)
+    assert f"Latency budget: the exported model does NOT meet 1e-06 ms as measured" in " ".join(
+        b for b in blocks if isinstance(b, str))

@@ -22,9 +22,9 @@ from edgenas.profiling import (
     Shape,
     ShapeKey,
     parse_shapes,
-    profile_missing,
     profile_ops,
 )
+from edgenas.latency import profile_missing
 
 CPU = torch.device("cpu")
 FAST = ProfileSettings(runs=3, min_warmup=1, max_warmup=3, max_seconds=0.05)
@@ -35,7 +35,7 @@ BATCH = 2
 
 @pytest.fixture(scope="module")
 def small_profile() -> Profile:
-    return profile_ops(CPU, OPS_SMALL, SHAPES_SMALL, batch=BATCH, settings=FAST)
+    return profile_ops(CPU, OPS_SMALL, SHAPES_SMALL, batch=BATCH, settings=FAST, runtime="eager")
 
 
 def test_parse_shapes():
@@ -73,7 +73,7 @@ def test_profile_has_one_entry_per_op_and_shape(small_profile):
     assert env["cpu_allocator"] == cpu_allocator() != "default" or platform.libc_ver()[0] != "glibc"
     for e in p.entries:
         t = e.latency
-        assert 0 < t.p10 <= t.median <= t.p90 and t.n == FAST.runs and t.std >= 0
+        assert 0 < t.p10 <= t.median <= t.p90 and t.n >= FAST.runs and t.std >= 0
         assert e.memory_kind == MEMORY_CPU
 
 
@@ -109,7 +109,7 @@ def test_lookup_and_round_trip(small_profile, tmp_path):
     assert small_profile.lookup("dil_conv_3x3", 4, 8, 8, 1) is None
     path = small_profile.save(tmp_path / "sub" / "p.json")
     doc = json.loads(path.read_text())
-    assert (doc["format"], doc["version"]) == ("edgenas.profile", 1)
+    assert (doc["format"], doc["version"]) == ("edgenas.profile", 2)
     assert doc["mac_convention"].startswith("1 MAC")
     back = Profile.load(path)
     assert back.entries == small_profile.entries
@@ -119,7 +119,7 @@ def test_lookup_and_round_trip(small_profile, tmp_path):
 
 def test_train_mode_and_bf16():
     p = profile_ops(CPU, ["none", "sep_conv_3x3"], [Shape(4, 8, 8, 1)], batch=BATCH, dtype="bf16",
-                    mode="train", settings=FAST)
+                    mode="train", settings=FAST, runtime="eager")
     assert (p.mode, p.dtype) == ("train", "bf16")
     assert p.lookup("none", 4, 8, 8, 1).memory_bytes == BATCH * 4 * 64 * 2  # bf16: 2 bytes
     # the search supernet's ops have non-affine BN: fewer params than the deployed op
@@ -160,12 +160,14 @@ def fp32_only_op():
 
 
 def test_unsupported_dtype_is_skipped_with_reason(fp32_only_op):
-    p = profile_ops(CPU, ["none", fp32_only_op], [Shape(4, 4, 4, 1)], batch=1, dtype="fp16", settings=FAST)
+    p = profile_ops(CPU, ["none", fp32_only_op], [Shape(4, 4, 4, 1)], batch=1, dtype="fp16", settings=FAST,
+                    runtime="eager")
     assert [e.key.op for e in p.entries] == ["none"]
     (s,) = p.skipped
     assert s.key.op == fp32_only_op and "not implemented" in s.reason and "\n" not in s.reason
     with pytest.raises(EdgenasError, match="no operator could run"):
-        profile_ops(CPU, [fp32_only_op], [Shape(4, 4, 4, 1)], batch=1, dtype="fp16", settings=FAST)
+        profile_ops(CPU, [fp32_only_op], [Shape(4, 4, 4, 1)], batch=1, dtype="fp16", settings=FAST,
+                    runtime="eager")
 
 
 def test_profile_missing_measures_only_missing_keys(small_profile):
@@ -174,7 +176,7 @@ def test_profile_missing_measures_only_missing_keys(small_profile):
     grown = profile_missing(small_profile, keys, CPU, on_entry=seen.append)
     assert seen == keys[1:]
     assert len(grown.entries) == len(small_profile.entries) + 2
-    assert grown.lookup("sep_conv_3x3", 8, 4, 4, 1).latency.n == FAST.runs
+    assert grown.lookup("sep_conv_3x3", 8, 4, 4, 1).latency.n >= FAST.runs
     assert len(small_profile.entries) == len(OPS_SMALL) * len(SHAPES_SMALL)  # original untouched
     assert profile_missing(grown, keys, CPU).entries == grown.entries
 
@@ -194,7 +196,7 @@ def _write(path, doc):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.update(format="edgenas.space"), "field 'format'"),
-    (lambda d: d.update(version=2), "field 'version'"),
+    (lambda d: d.update(version=99), "field 'version'"),
     (lambda d: d["entries"][0].update(op="conv9"), "unknown operator 'conv9'"),
     (lambda d: d["entries"][0].pop("macs"), "field 'macs' is missing"),
     (lambda d: d["entries"][0]["latency_ms"].pop("median"), "field 'latency_ms.median' is missing"),
@@ -221,7 +223,7 @@ def test_load_rejects_missing_and_corrupt(tmp_path):
 @pytest.mark.needs_cuda
 def test_cuda_profile_uses_events_and_peak_memory():
     dev = torch.device("cuda", torch.cuda.current_device())
-    p = profile_ops(dev, ["none", "sep_conv_3x3"], [Shape(8, 16, 16, 1)], batch=4, settings=FAST)
+    p = profile_ops(dev, ["none", "sep_conv_3x3"], [Shape(8, 16, 16, 1)], batch=4, settings=FAST, runtime="eager")
     assert p.device.startswith("cuda") and p.environment["nvml"]
     for e in p.entries:
         assert e.memory_kind == MEMORY_CUDA and e.memory_bytes > 0 and e.latency.median > 0

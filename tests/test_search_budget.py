@@ -84,3 +84,6 @@ def test_latency_budget_needs_a_forward_profile_at_the_budget_batch(tmp_path: Pa
     assert result.exit_code == 0, result.output
     check = json.loads(result.stdout)["budget"]
     assert 0 < check["constrained"]["latency_ms"] <= 1000.0
+    # the budget is whole-network milliseconds on the profile's runtime, provider and batch
+    assert check["latency_units"] == "onnxruntime CPU provider, batch 2"
+    assert "whole network" in check["notes"]["latency_ms"]

@@ -13,7 +13,8 @@ edgenas version), and a report saying
   PyTorch eager, at batch 1 and the chosen batch: warm-up, then median / p10 / p90 / n;
 * MACs and parameters (:mod:`edgenas.costs` convention), the mobile-setting verdict
   (< 600 M MACs at 224x224, DARTS Sec. 3.2) for ImageNet-mobile networks, and with a profile the
-  latency its look-up table predicts (:func:`edgenas.costs.predict_latency`) beside the measured one;
+  whole-network latency it predicts (:func:`edgenas.latency.predict_latency`) beside the time measured
+  on the profile's runtime, provider and batch, and whether a latency budget is met as measured;
 * with ``precision="fp16"``: an fp16 model for the CUDA provider (onnxconverter-common) and fp16
   TensorRT engines, each session checked against the fp32 model within an fp16 bound and on the
   test set (top-1 and agreement), and timed (:mod:`~edgenas.export.fp16`);
@@ -31,76 +32,45 @@ Modules: :mod:`~edgenas.export.settings` (options, file and graph names), :mod:`
 export). The names below are re-exported so ``from edgenas.export import ...`` keeps working.
 """
 
-from edgenas.export.fp16 import FP16_DROP_WARN, convert_fp16, export_fp16, fp16_warning
-from edgenas.export.onnx_export import OnnxInfo, export_onnx, metadata, read_metadata
-from edgenas.export.quantize import INT8_DROP_WARN, QDQ_OPS, calibration_batches, int8_warning, quantize_int8
-from edgenas.export.report import ExportReport, console_tables, render_markdown
-from edgenas.export.run import MOBILE_HW, MOBILE_MACS, default_out, export_network, run_export
-from edgenas.export.runtime import (
-    OrtModel,
-    ProviderStatus,
-    ShapeProfile,
-    cpu_fallback,
-    open_session,
-    provider_chain,
-    provider_options,
-    physical_cores,
-    probe_providers,
-    reference_session,
-    session_options,
-    timing_sessions,
-    trt_cache_dir,
-)
-from edgenas.export.settings import (
-    EXPORTERS,
-    FORMAT,
-    FP16_FILE,
-    FP32_ATOL,
-    INPUT_NAME,
-    INT8_FILE,
-    MODEL_FILE,
-    OUTPUT_NAME,
-    PARITY_INPUTS,
-    PRECISIONS,
-    PROVIDERS,
-    QUANTIZE_MODES,
-    REPORT_JSON,
-    REPORT_MD,
-    TOLERANCES,
-    VERSION,
-    ExportSettings,
-    Tolerance,
-    opset_range,
-    parse_providers,
-    tolerance_for,
-)
-from edgenas.export.timing import Timing, time_ort, time_torch
-from edgenas.export.trained import TrainedNet, load_export_data, load_trained
-from edgenas.export.verify import (
-    AccuracyCheck,
-    Logits,
-    Parity,
-    ReducedAccuracy,
-    SessionParity,
-    check_parity,
-    collect_logits,
-    raise_if_failed,
-    raise_if_sessions_failed,
-    reduced_accuracy,
-    session_parity,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FP16_DROP_WARN", "FP16_FILE", "PARITY_INPUTS", "PRECISIONS", "TOLERANCES", "ReducedAccuracy", "SessionParity",
-    "ShapeProfile", "Tolerance", "convert_fp16", "cpu_fallback", "export_fp16", "fp16_warning", "provider_chain",
-    "provider_options", "raise_if_sessions_failed", "reduced_accuracy", "session_parity", "tolerance_for",
-    "trt_cache_dir",
-    "EXPORTERS", "FORMAT", "FP32_ATOL", "INPUT_NAME", "INT8_DROP_WARN", "INT8_FILE", "MOBILE_HW", "MOBILE_MACS",
-    "MODEL_FILE", "OUTPUT_NAME", "PROVIDERS", "QDQ_OPS", "QUANTIZE_MODES", "REPORT_JSON", "REPORT_MD", "VERSION",
-    "AccuracyCheck", "ExportReport", "ExportSettings", "Logits", "OnnxInfo", "OrtModel", "Parity", "ProviderStatus",
-    "Timing", "TrainedNet", "calibration_batches", "check_parity", "collect_logits", "console_tables",
-    "default_out", "export_network", "export_onnx", "int8_warning", "load_export_data", "load_trained", "metadata",
-    "open_session", "opset_range", "parse_providers", "physical_cores", "probe_providers", "quantize_int8",
-    "raise_if_failed", "read_metadata", "reference_session", "render_markdown", "run_export", "session_options",
-    "time_ort", "time_torch", "timing_sessions",
-]
+import importlib
+from typing import Any
+
+# Names load lazily (PEP 562): importing one submodule, e.g. ``edgenas.export.runtime`` for ORT
+# sessions in profiling, must not load ``edgenas.export.run``, which sits above the latency model
+# and profiling and imports them.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "fp16": ("FP16_DROP_WARN", "convert_fp16", "export_fp16", "fp16_warning"),
+    "onnx_export": ("OnnxInfo", "export_onnx", "metadata", "read_metadata"),
+    "quantize": ("INT8_DROP_WARN", "QDQ_OPS", "calibration_batches", "int8_warning", "quantize_int8"),
+    "report": ("ExportReport", "console_tables", "render_markdown"),
+    "run": ("MOBILE_HW", "MOBILE_MACS", "default_out", "export_network", "run_export"),
+    "runtime": ("OrtModel", "ProviderStatus", "open_session", "physical_cores", "probe_providers",
+                "reference_session", "session_options", "timing_sessions", "ShapeProfile", "cpu_fallback",
+                "provider_chain", "provider_options", "trt_cache_dir"),
+    "settings": ("EXPORTERS", "FORMAT", "FP32_ATOL", "INPUT_NAME", "INT8_FILE", "MODEL_FILE", "OUTPUT_NAME",
+                 "PROVIDERS", "QUANTIZE_MODES", "REPORT_JSON", "REPORT_MD", "VERSION", "ExportSettings",
+                 "opset_range", "parse_providers", "FP16_FILE", "PARITY_INPUTS", "PRECISIONS", "TOLERANCES",
+                 "Tolerance", "tolerance_for"),
+    "timing": ("Timing", "time_ort", "time_torch"),
+    "trained": ("TrainedNet", "load_export_data", "load_trained"),
+    "verify": ("AccuracyCheck", "Logits", "Parity", "check_parity", "collect_logits", "raise_if_failed",
+               "ReducedAccuracy", "SessionParity", "raise_if_sessions_failed", "reduced_accuracy", "session_parity"),
+}
+_WHERE = {name: module for module, names in _SOURCES.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgenas.export' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"edgenas.export.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

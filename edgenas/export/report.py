@@ -156,6 +156,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report["prediction"]:
         lines += ["", "## Latency predicted by the profile", "",
                   f"{describe_prediction(report['prediction'])} What it covers: {report['prediction']['covers']}"]
+        budget_line = describe_budget(report["prediction"])
+        if budget_line:
+            lines += ["", budget_line]
     if report["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "## Genotype", "", "```json", json.dumps(net["genotype"]), "```", ""]
@@ -165,15 +168,32 @@ def render_markdown(report: dict[str, Any]) -> str:
 def describe_prediction(p: dict[str, Any]) -> str:
     """The profile's latency prediction beside the measured time, in one sentence: report.md, the
     terminal and the run report all print this one."""
-    src = f"the profile {p['profile']} ({p['device']}, {p['mode']})"
-    if p["predicted_ms"] is None:  # a missing shape is never taken as zero
-        return (f"No latency prediction from {src} at batch {p['batch']}: {p['missing']} of this network's "
-                f"operator shape(s) are not in it (the shapes it has sum to {_ms(p['found_ms'])} ms; export "
-                f"again with --profile-missing to measure the others); measured {_ms(p['measured_ms'])} ms "
-                f"({p['measured_by']}).")
+    units = p.get("units") or f"{p['device']}, batch {p['batch']}"
+    src = f"the profile {p['profile']} ({p['device']})"
+    if p["predicted_ms"] is None:  # a missing part is never taken as zero
+        lacks = []
+        if p["missing"]:
+            lacks.append(f"{p['missing']} of this network's operator shape(s)")
+        if p.get("missing_part"):
+            lacks.append(f"the fixed part of {p['missing_part']}")
+        return (f"No latency prediction from {src}: it lacks {' and '.join(lacks) or 'parts of this network'} "
+                f"(export again with --profile-missing to measure them); measured {_ms(p['measured_ms'])} ms, "
+                f"whole network, {units} ({p['measured_by']}).")
     err = "-" if p["relative_error"] is None else format(p["relative_error"], "+.1%")
-    return (f"Latency {src} predicts (cell operators only) at batch {p['batch']}: {_ms(p['predicted_ms'])} ms; "
-            f"measured {_ms(p['measured_ms'])} ms ({p['measured_by']}); relative error {err}.")
+    return (f"Latency from {src}: predicted {_ms(p['predicted_ms'])} ms, measured {_ms(p['measured_ms'])} ms, "
+            f"whole network, {units} ({p['measured_by']}); relative error {err}.")
+
+
+def describe_budget(p: dict[str, Any] | None) -> str | None:
+    """One line: does the exported model meet the search's latency budget as measured? (None: no budget)."""
+    b = (p or {}).get("budget")
+    if not b:
+        return None
+    if b["measured_ms"] is None:
+        return f"Latency budget {b['limit_ms']:g} ms ({b['units']}): not measured here, so not checked."
+    verdict = "meets" if b["met"] else "does NOT meet"
+    return (f"Latency budget: the exported model {verdict} {b['limit_ms']:g} ms as measured "
+            f"({_ms(b['measured_ms'])} ms, whole network, {b['units']}).")
 
 
 def console_tables(doc: dict[str, Any]) -> list[Any]:
@@ -209,6 +229,9 @@ def console_tables(doc: dict[str, Any]) -> list[Any]:
                         f"{a['top1_agreement']:.2f}% of {a['n']}")
     if doc["prediction"]:
         summary.add_row("profile prediction", describe_prediction(doc["prediction"]))
+        budget_line = describe_budget(doc["prediction"])
+        if budget_line:
+            summary.add_row("latency budget", budget_line)
     for p in doc["providers"]:
         if not p["usable"]:
             summary.add_row(f"{p['key']} provider", f"unavailable: {p['reason']}")

@@ -45,7 +45,9 @@ from edgenas.export.verify import (
     session_parity,
 )
 from edgenas.files import write_json, write_text_atomic
-from edgenas.nets import AUX_PREFIX
+from edgenas.latency import check_same_target, predict_latency, profile_missing, target_device
+from edgenas.nets import AUX_PREFIX, cell_shapes
+from edgenas.profiling import load_profile
 
 if TYPE_CHECKING:
     from edgenas.data import DataBundle
@@ -67,30 +69,68 @@ def _costs(net: TrainedNet) -> dict[str, Any]:
     return report
 
 
-def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: list[Timing],
-                device: torch.device) -> tuple[dict[str, Any], list[str]]:
-    from edgenas.costs import predict_latency
+def _measured_on_profile_target(profile: Profile, timings: list[Timing]) -> Timing | None:
+    """The export's timing on the profile's runtime, provider and batch: of the model in the
+    profile's precision where it was timed, else of the fp32 model."""
+    if profile.runtime == "ort":
+        same = [t for t in timings if t.runtime == "onnxruntime" and t.device == profile.provider
+                and t.batch == profile.batch]
+    else:
+        same = [t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch]
+    return next((t for t in same if t.model == profile.dtype), None) or next(
+        (t for t in same if t.model == "fp32"), None)
 
+
+def _prediction(net: TrainedNet, profile: Profile, profile_path: str, timings: list[Timing],
+                latency_budget_ms: float | None) -> tuple[dict[str, Any], list[str]]:
     pred = predict_latency(net.genotype, net.cfg, profile)
-    eager = next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch
-                  and t.model == profile.dtype), None)
-    eager = eager or next((t for t in timings if t.runtime == "pytorch-eager" and t.batch == profile.batch), None)
-    measured = eager.stats.median if eager else None
+    timing = _measured_on_profile_target(profile, timings)
+    measured = timing.stats.median if timing else None
     notes = []
-    if profile.device != device_slug(device):
-        notes.append(f"profile {profile_path} was measured on {profile.device}, this export ran on "
-                     f"{device_slug(device)}: the comparison is across devices")
-    if profile.mode != "forward":
-        notes.append(f"profile {profile_path} timed {profile.mode} passes; inference is a forward pass")
-    if eager is not None and profile.dtype != eager.model:
-        notes.append(f"profile {profile_path} timed {profile.dtype} operators; the PyTorch eager time it is "
-                     f"compared with ran in {eager.model}: the comparison is across precisions")
+    if timing is not None and timing.model != profile.dtype:
+        notes.append(f"profile {profile_path} timed {profile.dtype} operators; the time it is compared with "
+                     f"ran in {timing.model}: the comparison is across precisions")
     rel = (pred.total_ms - measured) / measured if pred.total_ms is not None and measured else None
+    budget = None
+    if latency_budget_ms is not None:
+        budget = {"limit_ms": latency_budget_ms, "measured_ms": measured, "units": profile.units(),
+                  "met": None if measured is None else measured <= latency_budget_ms}
     return {"profile": profile_path, "device": profile.device, "batch": profile.batch, "mode": profile.mode,
-            "dtype": profile.dtype, "predicted_ms": pred.total_ms, "found_ms": pred.found_ms,
-            "measured_ms": measured,
-            "measured_by": f"pytorch-eager{' ' + eager.model if eager else ''} on {device}, batch {profile.batch}",
-            "relative_error": rel, "missing": len(pred.missing), "covers": pred.covers}, notes
+            "dtype": profile.dtype, "runtime": profile.runtime, "provider": profile.provider,
+            "threads": profile.threads, "units": profile.units(), "predicted_ms": pred.total_ms,
+            "found_ms": pred.found_ms, "fixed_ms": pred.fixed_ms, "measured_ms": measured,
+            "measured_by": timing.label + f", batch {timing.batch}" if timing else "not timed",
+            "relative_error": rel, "missing": len(pred.missing),
+            "missing_part": None if pred.missing_part is None else str(pred.missing_part),
+            "covers": pred.covers, "budget": budget}, notes
+
+
+def check_profile_target(profile: Profile, settings: ExportSettings, device: torch.device, source: str) -> None:
+    """Refuse, before any work, a profile whose target this export will not measure."""
+    runtime_provider = profile.provider if profile.runtime == "ort" else None
+    check_same_target(profile, runtime=profile.runtime, provider=runtime_provider, batch=profile.batch,
+                      device=device_slug(target_device(profile, device)), source=source)
+    if profile.mode != "forward":
+        raise EdgenasError(f"{source} times {profile.mode} passes; an exported model runs inference",
+                           "profile with --mode forward")
+    if profile.runtime == "ort":
+        threads = settings.threads or physical_cores()
+        if profile.provider == "cpu" and profile.threads != threads:
+            raise EdgenasError(f"{source} was measured with {profile.threads} onnxruntime threads, this export "
+                               f"times with {threads}", f"export with --threads {profile.threads}")
+        keys = settings.provider_keys
+        if keys is not None and profile.provider not in keys:
+            raise EdgenasError(f"{source} is for the onnxruntime {profile.provider} provider, which this export "
+                               f"does not time (--providers {settings.providers})",
+                               f"add {profile.provider} to --providers")
+        timed = {settings.batch} if not settings.dynamic_batch else {1, settings.batch}
+        if profile.batch not in timed:
+            raise EdgenasError(f"{source} is for batch {profile.batch}; this export times onnxruntime at batch "
+                               f"{', '.join(map(str, sorted(timed)))}",
+                               f"export with --batch {profile.batch}, or profile at --batch {settings.batch}")
+    if settings.latency_budget_ms is not None and profile.dtype != "fp32":
+        raise EdgenasError(f"{source} is an {profile.dtype} profile; the exported model is fp32",
+                           "use an fp32 profile for the budget check")
 
 
 def _staging(out: Path) -> Path:
@@ -168,17 +208,6 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
                 log(f"timing PyTorch eager on {device} at batch {b}")
                 timings.append(time_torch(model, device, b, shape, settings))
 
-            prediction = None
-            if profile is not None:
-                if profile.batch not in batches:
-                    timings.append(time_torch(model, device, profile.batch, shape, settings))
-                if profile.dtype != "fp32" and device.type == "cuda":  # like for like: eager in its dtype
-                    log(f"timing PyTorch eager in {profile.dtype} at batch {profile.batch}, as the profile")
-                    timings.append(time_torch(model, device, profile.batch, shape, settings,
-                                              DTYPES[profile.dtype]))
-                prediction, pnotes = _prediction(net, profile, profile_path, timings, device)
-                warns += pnotes
-
             if settings.precision == "int8":
                 log(f"quantising to int8 (static QDQ, {settings.calibration} calibration images)")
                 int8 = _quantize(net, bundle, staging, statuses, settings, device, threads, acc, time_all)
@@ -191,6 +220,20 @@ def export_network(net: TrainedNet, bundle: DataBundle, out: str | Path, setting
                 names.append(FP16_FILE)
                 warns += fp16["warnings"]
                 notes += fp16["notes"]
+
+            prediction = None
+            if profile is not None:
+                if profile.runtime == "eager" and profile.batch not in batches:
+                    timings.append(time_torch(model, device, profile.batch, shape, settings))
+                if profile.runtime == "eager" and profile.dtype != "fp32" and device.type == "cuda":
+                    log(f"timing PyTorch eager in {profile.dtype} at batch {profile.batch}, as the profile")
+                    timings.append(time_torch(model, device, profile.batch, shape, settings,
+                                              DTYPES[profile.dtype]))
+                prediction, pnotes = _prediction(net, profile, profile_path, timings, settings.latency_budget_ms)
+                warns += pnotes
+                if profile.runtime == "eager":
+                    warns.append(f"profile {profile_path} is a PyTorch eager profile: its prediction is compared "
+                                 "with PyTorch eager, not with the onnxruntime model this export ships")
         files = {n: (staging / n).stat().st_size for n in names}
         for extra, name in ((int8, INT8_FILE), (fp16, FP16_FILE)):
             if extra is not None:
@@ -224,17 +267,17 @@ def run_export(source: str | Path, *, data: str | None, out: str | Path | None, 
                device: torch.device, profile: str | Path | None = None,
                log: Callable[[str], None] = lambda _msg: None) -> ExportReport:
     """The ``edgenas export`` command: load the checkpoint, the data and the profile, then export."""
-    from edgenas.profiling import Profile
-
-    prof = Profile.load(profile) if profile is not None else None
+    prof = load_profile(profile) if profile is not None else None
+    if settings.latency_budget_ms is not None and prof is None:
+        raise EdgenasError("a latency budget is ms on a profile's runtime, provider and batch, but no --profile "
+                           "was given", "add --profile profiles/<device>.json")
+    if prof is not None:
+        check_profile_target(prof, settings, device, f"the profile {profile}")
     net = load_trained(source)
     bundle = load_export_data(net, data, settings)  # bad data fails here, before any measuring
     if prof is not None and settings.profile_missing:
-        from edgenas.nets import cell_shapes
-        from edgenas.profiling import profile_missing
-
-        log("measuring the operator shapes the profile lacks")
-        prof = profile_missing(prof, cell_shapes(net.genotype, net.cfg), device)
+        log("measuring the operator shapes and fixed part the profile lacks")
+        prof = profile_missing(prof, cell_shapes(net.genotype, net.cfg), device, networks=[net.cfg])
     if not net.classes:
         net = replace(net, classes=tuple(bundle.classes))
     return export_network(net, bundle, Path(out) if out is not None else default_out(net), settings,

@@ -87,6 +87,7 @@ class ExportSettings:
     max_warmup: int = 30             # warm-up runs at most (fewer once times settle)
     max_seconds: float = 10.0        # cap on the timed phase per configuration
     profile_missing: bool = False    # measure the shapes a --profile lacks (on its device) to predict
+    latency_budget_ms: float | None = None  # checked against the time measured on the --profile's target
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -102,6 +103,9 @@ class ExportSettings:
             if not ok:
                 raise EdgenasError(f"{name} {getattr(self, name.replace(' ', '_'))} is out of range",
                                    f"give a positive --{name.replace(' ', '-')}")
+        if self.latency_budget_ms is not None and not 0 < self.latency_budget_ms < float("inf"):
+            raise EdgenasError(f"latency budget {self.latency_budget_ms} ms is not a positive number",
+                               "give e.g. --latency-budget 12ms")
         if self.test_subset is not None and self.test_subset < 1:
             raise EdgenasError(f"test subset {self.test_subset} is not positive", "give --test-subset 1 or more")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:

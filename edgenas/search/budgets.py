@@ -367,29 +367,32 @@ def mac_model(cfg, ops: Sequence[str], steps: int) -> CostModel:
 
 
 def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
-    """Predicted latency (ms at the profile's batch) of the cell operators of ``cfg``.
+    """Predicted latency of the whole evaluation network ``cfg`` (ms per call at the profile's batch,
+    on its runtime and provider): the profile's fixed part of ``cfg`` plus the cell operators.
 
-    Every (operator, shape) the evaluation network could need must be in the profile: a missing
-    entry raises (never counted as zero); :func:`edgenas.profiling.profile_missing` measures them.
+    Every (operator, shape) the evaluation network could need, and the fixed part, must be in the
+    profile: a missing one raises (never counted as zero); :func:`edgenas.latency.profile_missing`
+    measures them.
     """
-    from edgenas.costs import latency_lookup
+    from edgenas.latency import fixed_ms, latency_lookup
 
     ops = tuple(ops)
     needed = []
     _edge_tables(cfg, ops, steps, lambda shape: needed.append(shape) or 0.0)
     found, missing = latency_lookup(profile, needed)
-    if missing:
+    fixed = fixed_ms(profile, cfg)
+    if missing or fixed is None:
         shown = ", ".join(f"{s.op}@{s.C}x{s.H}x{s.W}:{s.stride}" for s in missing[:4])
+        parts = ([f"{len(missing)} operator shape(s) (e.g. {shown})"] if missing else []) + \
+            ([f"the fixed part of {cfg.setting} C={cfg.C}, {cfg.layers} cells"] if fixed is None else [])
         raise EdgenasError(
-            f"the profile lacks {len(missing)} operator shape(s) this evaluation network needs "
-            f"(e.g. {shown})",
-            "add --profile-missing to measure them on this device, or profile these shapes "
-            "with `edgenas profile --shapes ...`",
+            f"the profile lacks what this evaluation network needs: {'; '.join(parts)}",
+            "add --profile-missing to measure them on this device, or profile this network with "
+            "`edgenas profile --setting ... --channels ... --layers ...`",
         )
     tables = _edge_tables(cfg, ops, steps, lambda shape: found[shape])
-    return CostModel("latency_ms", "ms", ops, steps, tables, fixed=0.0,
-                     note=f"sum of profiled cell operators at batch {profile.batch}; stems, "
-                          "preprocessing and classifier are not included")
+    return CostModel("latency_ms", "ms", ops, steps, tables, fixed=fixed,
+                     note=f"whole network, {profile.units()}: fixed part {fixed:.3g} ms plus cell operators")
 
 
 # --- a budgeted search: what the CLI and `edgenas run` build from the user's options -------------
@@ -472,7 +475,8 @@ class BudgetPlan:
 
     def measure(self, genotype: Genotype) -> dict[str, Any]:
         """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
-        from edgenas.costs import network_macs, predict_latency
+        from edgenas.costs import network_macs
+        from edgenas.latency import predict_latency
 
         out: dict[str, Any] = {"macs": network_macs(genotype, self.cfg)}
         if self.profile is not None:
@@ -505,6 +509,7 @@ class BudgetPlan:
         return {
             "setting": self.cfg.to_dict(),
             "limits": limits,
+            "latency_units": self.profile.units() if self.profile is not None else None,
             "penalty": "weight * max(0, E[cost] / budget - 1)",
             "weight": self.spec.weight,
             "constrained": {"genotype": held.genotype.to_dict(), "score": held.score,
@@ -559,7 +564,8 @@ def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps
 
 
 def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
-    from edgenas.profiling import Profile, profile_missing
+    from edgenas.latency import profile_missing
+    from edgenas.profiling import Profile
 
     if profile_path is None:
         raise EdgenasError("a latency budget needs a profile of the target device",
@@ -576,5 +582,5 @@ def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
     if spec.profile_missing:
         needed: list = []
         _edge_tables(cfg, ops, steps, lambda s: needed.append(s) or 0.0)
-        profile = profile_missing(profile, needed, device)
+        profile = profile_missing(profile, needed, device, networks=[cfg])
     return profile

@@ -1,0 +1,245 @@
+"""How well a profile predicts whole networks, on ONNX Runtime (what export ships) and PyTorch eager.
+
+For each runtime, one profile is taken of both settings (operators at every shape the evaluation
+networks can have, plus each setting's fixed part) and timed; then every genotype (N sampled at
+random from the DARTS space, plus the built-in ones) is built at both settings, predicted from the
+profile (:func:`edgenas.latency.predict_latency`) and measured whole on the same runtime, provider,
+batch and threads (:func:`edgenas.latency.measure_network`). Reported per runtime and setting: the
+median and maximum of |predicted - measured| / measured and Kendall's tau-b between predicted and
+measured (targets for ONNX Runtime: median <= 5 %, max <= 10 %, tau >= 0.9), and the profiling time
+(target <= 60 s for both settings).
+
+``--runtimes ort,ort-independent,eager`` also profiles ORT with every operator copy on its own input
+instead of stride-1 copies in a chain, and predicts the same measured networks from it.
+
+``--busy`` then profiles once more while a background process keeps one core busy (started and
+stopped by this script) and compares the two profiles entry by entry: the 90th percentile of
+|busy - quiet| / quiet over the entries (target <= 10 %) and Kendall's tau between them (>= 0.9).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/latency_model.py [--genotypes 20] [--runtimes ort,eager]
+        [--threads 0] [--busy] [--overhead] [--quick] [--json out.json]
+
+``--quick`` is a smoke test (small networks, 3 random genotypes, short timings); its figures mean
+nothing. Settings: cifar10 C=16, 8 cells, 32x32, 10 classes; imagenet-mobile C=48, 14 cells,
+224x224, 1000 classes; batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from edgenas.device import cpu_model
+from edgenas.export.runtime import physical_cores
+from edgenas.genotypes import GENOTYPES, Genotype
+from edgenas.latency import measure_network, predict_latency
+from edgenas.ops import DARTS_OPS
+from edgenas.profiling import (
+    Profile,
+    ProfileSettings,
+    profile_ops,
+    setting_config,
+    setting_shapes,
+)
+
+CPU = torch.device("cpu")
+CHOICES = tuple(op for op in DARTS_OPS if op != "none")  # the derivation never picks none
+
+
+def random_genotype(rng: random.Random, steps: int = 4) -> Genotype:
+    """Each node: two distinct inputs among the earlier states, an operator each (DARTS' encoding)."""
+    def cell() -> tuple[tuple[str, int], ...]:
+        edges = []
+        for node in range(steps):
+            for idx in sorted(rng.sample(range(node + 2), 2)):
+                edges.append((rng.choice(CHOICES), idx))
+        return tuple(edges)
+
+    concat = tuple(range(2, steps + 2))
+    return Genotype(cell(), concat, cell(), concat)
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b (ties in either list counted as neither concordant nor discordant)."""
+    conc = disc = ties_a = ties_b = 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def _busy_loop() -> None:
+    while True:
+        pass
+
+
+#: What ``--runtimes`` accepts: ``ort-independent`` is ORT with every operator copy on its own input
+#: (stride-1 copies otherwise form a chain), to compare the two ways of timing an entry.
+VARIANTS = {"ort": ("ort", True), "ort-independent": ("ort", False), "eager": ("eager", True)}
+
+
+def profile_both(variant: str, cfgs: list[Any], threads: int, settings: ProfileSettings) -> tuple[Profile, float]:
+    runtime, chain = VARIANTS[variant]
+    shapes = list(dict.fromkeys(s for cfg in cfgs for s in setting_shapes(cfg)))
+    t0 = time.perf_counter()
+    prof = profile_ops(CPU, CHOICES, shapes, batch=1, runtime=runtime, threads=threads, networks=cfgs,
+                       settings=replace(settings, chain=chain))
+    return prof, time.perf_counter() - t0
+
+
+def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: dict[Any, Any]) -> dict[str, Any]:
+    """Predicted against measured; networks are measured once per runtime (``measured`` caches them)."""
+    rows = []
+    for name, g in genotypes.items():
+        pred = predict_latency(g, cfg, prof)
+        key = (prof.runtime, cfg, name)
+        if key not in measured:
+            measured[key] = measure_network(g, cfg, prof, CPU)
+        meas = measured[key]
+        rows.append({"genotype": name, "predicted_ms": pred.total_ms, "measured_ms": meas.stats.median,
+                     "measured_stable": meas.stable,
+                     "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
+    errs = [abs(r["error"]) for r in rows]
+    return {"setting": f"{cfg.setting} C={cfg.C}, {cfg.layers} cells, {cfg.input_hw[0]}x{cfg.input_hw[1]}",
+            "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
+            "kendall_tau": kendall_tau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+            "n": len(rows), "rows": rows}
+
+
+def compare_profiles(quiet: Profile, busy: Profile) -> dict[str, Any]:
+    """Entry by entry (and fixed part by fixed part): the 90th percentile of |busy - quiet| / quiet
+    and Kendall's tau, on the medians the predictions use and, for comparison, on the p10s."""
+    def other(k: Any) -> Any:
+        return busy.lookup(k.op, k.C, k.H, k.W, k.stride)
+
+    out: dict[str, Any] = {"unstable_quiet": len(quiet.unstable()), "unstable_busy": len(busy.unstable())}
+    for stat in ("median", "p10"):
+        pairs = [(getattr(e.latency, stat), getattr(other(e.key).latency, stat)) for e in quiet.entries
+                 if other(e.key) is not None and getattr(e.latency, stat) > 0]
+        pairs += [(getattr(p.latency, stat), getattr(busy.part(p.net).latency, stat)) for p in quiet.parts
+                  if busy.part(p.net) is not None and getattr(p.latency, stat) > 0]
+        rel = sorted(abs(b - a) / a for a, b in pairs)
+        out[stat] = {"entries": len(pairs), "p90_rel_diff": rel[int(0.9 * (len(rel) - 1))], "max_rel_diff": rel[-1],
+                     "kendall_tau": kendall_tau([a for a, _ in pairs], [b for _, b in pairs])}
+    return out
+
+
+def call_overhead(threads: int, settings: ProfileSettings) -> list[dict[str, Any]]:
+    """sep_conv_3x3 at three shapes: a one-operator session, the per-copy cost in a graph of k copies
+    less the empty graph, and the empty graph itself (us per call)."""
+    from edgenas.profiling import OrtRuntime, ShapeKey, _build, empty_graph, onnx_graph
+
+    rt = OrtRuntime("cpu", CPU, "fp32", threads, settings)
+    rows = []
+    for C, H in ((16, 32), (64, 8), (48, 28)):
+        key = ShapeKey("sep_conv_3x3", C, H, H, 1)
+        shape = (1, C, H, H)
+        single = rt.time_graph(onnx_graph(_build(key, "forward"), [torch.zeros(shape)], settings.opset), [shape])
+        per_copy = rt.time_op(key, lambda key=key: _build(key, "forward"), 1)
+        empty = rt.time_graph(empty_graph(shape, 1, settings.opset), [shape])
+        rows.append({"shape": f"{C}x{H}x{H}", "one_op_session_us": single.stats.median * 1e3,
+                     f"per_copy_of_{settings.copies}_less_empty_us": per_copy.stats.median * 1e3,
+                     "empty_graph_us": empty.stats.median * 1e3})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--genotypes", type=int, default=20, help="random genotypes (the built-ins are added)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runtimes", default="ort,eager", help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: physical cores, as export)")
+    ap.add_argument("--busy", action="store_true", help="also profile with one core kept busy and compare")
+    ap.add_argument("--quick", action="store_true", help="smoke test: small networks, short timings")
+    ap.add_argument("--overhead", action="store_true", help="also time ORT's per-call cost (one-operator "
+                    "session vs copies in one graph vs the empty graph)")
+    ap.add_argument("--json", default=None, help="write every figure and row here")
+    args = ap.parse_args()
+    threads = args.threads or physical_cores()
+    if args.quick:
+        cfgs = [setting_config("cifar10", channels=8, layers=5, input_hw=(16, 16)),
+                setting_config("imagenet-mobile", channels=8, layers=5, input_hw=(64, 64))]
+        settings = ProfileSettings(runs=5, max_warmup=5, min_seconds=0.02, max_seconds=0.2)
+        n_random = min(args.genotypes, 3)
+    else:
+        cfgs = [setting_config("cifar10", channels=16, layers=8, num_classes=10),
+                setting_config("imagenet-mobile")]
+        settings = ProfileSettings()
+        n_random = args.genotypes
+    rng = random.Random(args.seed)
+    genotypes = {**{f"random{i}": random_genotype(rng) for i in range(n_random)}, **GENOTYPES}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; threads {threads}; batch 1; "
+          f"{len(genotypes)} genotypes ({n_random} random + {len(GENOTYPES)} built-in); load average {load:.2f}")
+    result: dict[str, Any] = {"cpu": cpu_model(), "threads": threads, "load_before": load, "runtimes": {}}
+    if args.overhead:
+        rows = call_overhead(threads, settings)
+        result["overhead"] = rows
+        print("\nsep_conv_3x3, ORT CPU, batch 1 (us per call) | one-operator session | per copy (k copies less "
+              "the empty graph) | empty graph")
+        for r in rows:
+            v = list(r.values())
+            print(f"| {v[0]} | {v[1]:.1f} | {v[2]:.1f} | {v[3]:.1f} |")
+    quiet_ort = None
+    measured: dict[Any, Any] = {}
+    for runtime in [r.strip() for r in args.runtimes.split(",") if r.strip()]:
+        if runtime not in VARIANTS:
+            raise SystemExit(f"unknown runtime {runtime!r}: use {', '.join(VARIANTS)}")
+        prof, wall = profile_both(runtime, cfgs, threads, settings)
+        if runtime == "ort":
+            quiet_ort = prof
+        evals = [evaluate(prof, cfg, genotypes, measured) for cfg in cfgs]
+        result["runtimes"][runtime] = {"units": prof.units(), "profile_seconds": wall, "entries": len(prof.entries),
+                                       "unstable": prof.unstable(), "settings": evals}
+        print(f"\n{runtime}, {prof.units()}: profiled {len(prof.entries)} entries + {len(prof.parts)} fixed parts in "
+              f"{wall:.1f} s ({len(prof.unstable())} unstable)")
+        print("| setting | median abs error | max abs error | Kendall tau | n |")
+        print("|---|---:|---:|---:|---:|")
+        for e in evals:
+            print(f"| {e['setting']} | {e['median_abs_error']:.1%} | {e['max_abs_error']:.1%} | "
+                  f"{e['kendall_tau']:.3f} | {e['n']} |")
+    if args.busy:
+        if quiet_ort is None:
+            quiet_ort, _ = profile_both("ort", cfgs, threads, settings)
+        busy = mp.get_context("spawn").Process(target=_busy_loop, daemon=True)
+        busy.start()
+        try:
+            busy_prof, wall = profile_both("ort", cfgs, threads, settings)
+        finally:
+            busy.terminate()
+            busy.join()
+        cmp = compare_profiles(quiet_ort, busy_prof)
+        cmp["profile_seconds"] = wall
+        result["busy"] = cmp
+        for stat in ("median", "p10"):
+            c = cmp[stat]
+            print(f"\none core busy ({stat}s): {c['entries']} entries, p90 |busy - quiet| / quiet "
+                  f"{c['p90_rel_diff']:.1%}, max {c['max_rel_diff']:.1%}, Kendall tau {c['kendall_tau']:.3f}")
+        print(f"unstable {cmp['unstable_quiet']} quiet / {cmp['unstable_busy']} busy; profiled in {wall:.1f} s")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
