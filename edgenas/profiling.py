@@ -646,9 +646,8 @@ def _settings(doc: dict[str, Any], path: Any) -> ProfileSettings:
 
 def _entry(d: Any, i: int, path: Any, runtime: str, legacy: bool) -> ProfileEntry:
     where, fix = f"{path} (entries[{i}])", _remeasure(d, path)
-    if isinstance(d, dict):
-        check_record(d, _entry_rules(d, runtime), f"{where} {d.get('op', '?')}", fix)
     f = _fields(d, ENTRY_FIELDS, where, legacy, fix)
+    check_record(d, _entry_rules(d, runtime), f"{where} {f['op']}", fix)
     return ProfileEntry(ShapeKey(f["op"], f["C"], f["H"], f["W"], f["stride"]), _latency(d, where),
                         f["memory_bytes"], f["memory_kind"], f["macs"], f["params"], f["stable"], f["attempts"])
 
@@ -661,8 +660,8 @@ def load_profile(path: str | Path) -> Profile:
     """
     doc = read_json(path, PROFILE_FORMAT, READABLE_VERSIONS, "profile")
     legacy = doc.get("version") == 1
-    check_record(doc, PROFILE_RULES, str(path), "regenerate the profile with edgenas profile")
     top = _fields(doc, PROFILE_FIELDS, str(path), legacy)
+    check_record(doc, PROFILE_RULES, str(path), "regenerate the profile with edgenas profile")
     env = doc.get("environment") or {}
     env = env if isinstance(env, dict) else {}
     if legacy:
@@ -681,9 +680,8 @@ def load_profile(path: str | Path) -> Profile:
     parts = []
     for i, d in enumerate(doc.get("parts") or []):
         where = f"{path} (parts[{i}])"
-        if isinstance(d, dict):
-            check_record(d, PART_RULES, where, "regenerate the profile with edgenas profile --setting")
         f = _fields(d, PART_FIELDS, where, legacy)
+        check_record(d, PART_RULES, where, "regenerate the profile with edgenas profile --setting")
         net = NetKey(f["setting"], f["C"], f["layers"], f["H"], f["W"], f["num_classes"], f["in_channels"],
                      f["steps"])
         parts.append(FixedPart(net, _latency(d, where), float(f["network_ms"]), float(f["reference_ops_ms"]),
@@ -691,9 +689,8 @@ def load_profile(path: str | Path) -> Profile:
     skipped = []
     for i, d in enumerate(doc.get("skipped") or []):
         where = f"{path} (skipped[{i}])"
-        if isinstance(d, dict):
-            check_record(d, KEY_RULES, where, "fix the shape or delete the entry")
         f = _fields(d, ENTRY_FIELDS[:5], where, legacy)
+        check_record(d, KEY_RULES, where, "fix the shape or delete the entry")
         skipped.append(Skipped(ShapeKey(f["op"], f["C"], f["H"], f["W"], f["stride"]), str(d.get("reason", ""))))
     return Profile(device=top["device"], batch=top["batch"], dtype=top["dtype"], mode=top["mode"],
                    environment=env, entries=entries, settings=_settings(doc, path), skipped=skipped,

@@ -138,8 +138,8 @@ def check_record(record: dict[str, Any], rules: tuple[FieldRule, ...], where: st
         value: Any = record
         for part in rule.path.split("."):
             value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-        if value is _MISSING:
-            if rule.required:
+        if value is _MISSING or (value is None and not rule.required):
+            if value is _MISSING and rule.required:
                 raise EdgenasError(f"{where}: field {rule.path!r} is missing", fix)
             continue
         try:

@@ -120,34 +120,44 @@ def test_sample_clocks_does_not_swallow_errors_of_the_timed_block():
 
 # --- profiling: out of memory and sticky errors per entry ------------------------------------------
 
-def _patched_measure(monkeypatch, failures):
+class _FailingRuntime:
+    """A runtime that reports a GPU but measures on the CPU, and raises for the keys of ``failures``
+    (by channel count), as a GPU would raise out of memory or a CUDA error."""
+
+    key, dtype_name, provider = "eager", "fp32", None
+
+    def __init__(self, failures):
+        from edgenas.profiling import EagerRuntime, ProfileSettings
+
+        self.device = torch.device("cuda", 0)
+        self.failures = failures
+        self.real = EagerRuntime(CPU, "fp32", "forward", ProfileSettings(runs=2, min_warmup=1, max_warmup=2,
+                                                                         keep_cpu_memory=False))
+
+    def time_op(self, key, build, batch):
+        if key.C in self.failures:
+            raise self.failures[key.C]
+        return self.real.time_op(key, build, batch)
+
+
+def _measure_with(monkeypatch, failures, keys):
     from edgenas import profiling
 
-    real = profiling._measure
     freed = []
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: freed.append(1))
     # there is no GPU to ask for its free memory; the up-front size check is not what is tested here
     monkeypatch.setattr(profiling, "available_memory", lambda device: 2**40)
-
-    def measure(key, *args, **kwargs):
-        if key.C in failures:
-            raise failures[key.C]
-        return real(key, CPU, *args[1:], **kwargs)
-
-    monkeypatch.setattr(profiling, "_measure", measure)
-    return freed
+    entries, skipped = profiling.measure_entries(keys, _FailingRuntime(failures), batch=2, mode="forward")
+    return entries, skipped, freed
 
 
 def test_out_of_memory_is_recorded_per_entry_and_frees_the_cache(monkeypatch):
-    from edgenas.profiling import ProfileSettings, ShapeKey, measure_entries
+    from edgenas.profiling import ShapeKey
 
-    freed = _patched_measure(monkeypatch, {8: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to "
-                                                                          "allocate 2.00 GiB")})
     keys = [ShapeKey("skip_connect", 4, 8, 8, 1), ShapeKey("skip_connect", 8, 8, 8, 1),
             ShapeKey("max_pool_3x3", 4, 8, 8, 1)]
-    settings = ProfileSettings(runs=2, min_warmup=1, max_warmup=2, keep_cpu_memory=False)
-    entries, skipped = measure_entries(keys, torch.device("cuda", 0), batch=2, dtype="fp32", mode="forward",
-                                       settings=settings)
+    entries, skipped, freed = _measure_with(
+        monkeypatch, {8: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")}, keys)
     assert [e.key for e in entries] == [keys[0], keys[2]]  # the entries after the OOM still ran
     assert len(skipped) == 1 and skipped[0].key == keys[1]
     assert skipped[0].reason.startswith("out of memory at batch 2 (fp32 on cuda:0): CUDA out of memory")
@@ -155,27 +165,22 @@ def test_out_of_memory_is_recorded_per_entry_and_frees_the_cache(monkeypatch):
 
 
 def test_a_sticky_cuda_error_stops_profiling_with_one_line(monkeypatch):
-    from edgenas.profiling import ProfileSettings, ShapeKey, measure_entries
+    from edgenas.profiling import ShapeKey
 
-    _patched_measure(monkeypatch, {8: RuntimeError("CUDA error: an illegal memory access was encountered\n"
-                                                   "CUDA kernel errors might be asynchronously reported")})
     keys = [ShapeKey("skip_connect", 4, 8, 8, 1), ShapeKey("skip_connect", 8, 8, 8, 1)]
-    settings = ProfileSettings(runs=2, min_warmup=1, max_warmup=2, keep_cpu_memory=False)
     with pytest.raises(EdgenasError) as e:
-        measure_entries(keys, torch.device("cuda", 0), batch=2, dtype="fp32", mode="forward", settings=settings)
+        _measure_with(monkeypatch, {8: RuntimeError("CUDA error: an illegal memory access was encountered\n"
+                                                    "CUDA kernel errors might be asynchronously reported")}, keys)
     assert "illegal memory access" in e.value.message and "\n" not in e.value.message
     assert "new process" in e.value.hint
 
 
 def test_an_unsupported_dtype_is_still_a_skipped_entry_not_a_sticky_error(monkeypatch):
-    from edgenas.profiling import ProfileSettings, ShapeKey, measure_entries
+    from edgenas.profiling import ShapeKey
 
-    _patched_measure(monkeypatch, {8: RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')})
-    keys = [ShapeKey("skip_connect", 8, 8, 8, 1)]
-    settings = ProfileSettings(runs=2, min_warmup=1, max_warmup=2, keep_cpu_memory=False)
-    _, skipped = measure_entries(keys, torch.device("cuda", 0), batch=2, dtype="fp32", mode="forward",
-                                 settings=settings)
-    assert skipped[0].reason.startswith("fp32 on cuda: ")
+    _, skipped, _ = _measure_with(monkeypatch, {8: RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'')},
+                                  [ShapeKey("skip_connect", 8, 8, 8, 1)])
+    assert skipped[0].reason.startswith("fp32 PyTorch eager on cuda: ")
     assert not dev.is_sticky_cuda_error(RuntimeError("CUDA out of memory"))
     assert dev.is_sticky_cuda_error(RuntimeError("CUDA error: device-side assert triggered"))
 

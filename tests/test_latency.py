@@ -255,8 +255,8 @@ def test_version_1_profiles_are_read_as_eager(tmp_path):
     (lambda d: d.update(runtime="tflite"), "field 'runtime' is 'tflite'"),
     (lambda d: d.update(provider=None), "names no 'provider'"),
     (lambda d: d.update(provider="npu"), "field 'provider' is 'npu'"),
-    (lambda d: d.update(threads=-1), "field 'threads' is -1"),
-    (lambda d: d.update(batch=0), "field 'batch' is 0"),
+    (lambda d: d.update(threads=-1), "threads -1 is out of range"),
+    (lambda d: d.update(batch=0), "batch 0 is out of range"),
     (lambda d: d["entries"][0].update(stable="yes"), "field 'stable' should be bool"),
     (lambda d: d["parts"].append({"setting": "mnist"}), "field 'setting' is 'mnist'"),
 ])

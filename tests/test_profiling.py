@@ -200,7 +200,7 @@ def _write(path, doc):
     (lambda d: d["entries"][0].update(op="conv9"), "unknown operator 'conv9'"),
     (lambda d: d["entries"][0].pop("macs"), "field 'macs' is missing"),
     (lambda d: d["entries"][0]["latency_ms"].pop("median"), "field 'latency_ms.median' is missing"),
-    (lambda d: d["entries"][0].update(C="4"), "C should be an integer, got '4'"),
+    (lambda d: d["entries"][0].update(C="4"), "field 'C' should be int, got str"),
     (lambda d: d.update(mode="sideways"), "field 'mode'"),
     (lambda d: d.update(dtype="fp8"), "unknown dtype"),
     (lambda d: d.update(entries=[]), "'entries' is empty"),
