@@ -170,3 +170,18 @@ def test_seeds_refuse_a_single_run_folder(tmp_path):
     out.mkdir()
     (out / "history.jsonl").write_text("")
     assert_clean_failure(invoke("search", *TINY, "--seeds", "0,1", "--out", str(out)), "single search run folder")
+
+
+def test_the_demo_search_can_move_its_weights_past_the_threshold():
+    """Adam moves a logit by about arch_lr per step: the demo's reach must allow a decision."""
+    import math
+    from pathlib import Path
+
+    from edgenas.pipeline import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "edgenas/configs/demo.toml", {}).search
+    steps = math.ceil(cfg.subset / 2 / cfg.batch_size) * (cfg.epochs - cfg.warmup_epochs)
+    reach = cfg.arch_lr * steps
+    # a leader `reach` ahead of three equal operators: margin e^r / (e^r + 3) - 1 / (e^r + 3)
+    best_margin = (math.exp(reach) - 1) / (math.exp(reach) + 3)
+    assert reach >= 1.0 and best_margin > 4 * DECIDED_MARGIN

@@ -395,7 +395,9 @@ def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: s
               "data": str(spec), **asdict(cfg), "warmup_epochs_used": warmup, "lr_used": cfg.learning_rate,
               "supernet": asdict(net_cfg), "device": str(device), "channels_last": channels_last,
               "penalties": sorted(step.penalties), "dataset": describe(bundle),
-              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch}}
+              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch},
+              # Adam moves a logit by about arch_lr per step: this bounds how far any alpha can travel
+              "arch_reach": cfg.arch_lr * steps_per_epoch * (cfg.epochs - warmup)}
     stateful = {"model": net, "weight_optimizer": step.w_opt, "arch_optimizer": step.a_opt, "scheduler": scheduler}
     result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
                         epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
