@@ -36,7 +36,11 @@ import torch
 from edgenas.costs import parse_count
 from edgenas.data import load_data, make_loader, search_split
 from edgenas.search.budgets import BudgetSpec, plan_budgets_for_data
-from edgenas.search.decisiveness import agreement_report, edge_margins_entropies, real_ops
+from edgenas.search.decisiveness import (
+    agreement_report,
+    edge_margins_entropies,
+    real_ops,
+)
 from edgenas.search.loop import SearchConfig, search
 from edgenas.search.methods import make_method
 from edgenas.search.methods.el_darts import edge_entropy
@@ -139,7 +143,7 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
                               "margin_median": float(np.median(margins)), "margin_p90": float(np.percentile(margins, 90)),
                               "margin_max": float(margins.max())})
         # per edge and seed pair: do the two seeds' strongest operators agree, by the smaller margin?
-        bins: dict[str, list[int]] = {f"{lo}-{hi}": [0, 0] for lo, hi in zip(MARGIN_BINS, MARGIN_BINS[1:])}
+        bins: dict[str, list[int]] = {f"{lo}-{hi}": [0, 0] for lo, hi in itertools.pairwise(MARGIN_BINS)}
         for a, b in itertools.combinations(seeds, 2):
             for t in ("normal", "reduce"):
                 wa = np.asarray(records[a][-1]["op_weights"][t])[:, keep]
@@ -148,7 +152,7 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
                 mb = edge_margins_entropies(records[b][-1]["op_weights"][t], ops)[0]
                 for e in range(len(wa)):
                     m = min(ma[e], mb[e])
-                    key = next(f"{lo}-{hi}" for lo, hi in zip(MARGIN_BINS, MARGIN_BINS[1:]) if lo <= m < hi)
+                    key = next(f"{lo}-{hi}" for lo, hi in itertools.pairwise(MARGIN_BINS) if lo <= m < hi)
                     bins[key][0] += int(wa[e].argmax() == wb[e].argmax())
                     bins[key][1] += 1
         agreement = agreement_report([runs[s].genotype for s in seeds], ops, plan.fits if plan else None)
