@@ -185,3 +185,18 @@ def test_the_demo_search_can_move_its_weights_past_the_threshold():
     # a leader `reach` ahead of three equal operators: margin e^r / (e^r + 3) - 1 / (e^r + 3)
     best_margin = (math.exp(reach) - 1) / (math.exp(reach) + 3)
     assert reach >= 1.0 and best_margin > 4 * DECIDED_MARGIN
+
+
+def test_run_report_shows_decisiveness_per_epoch_and_the_warning(tmp_path):
+    from edgenas.run_report import collect, write_run_report
+
+    uniform = np.full((5, 4), 0.25)
+    g = geno((("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 2), ("skip_connect", 1)))
+    dec = decisiveness({"normal": uniform, "reduce": uniform}, OPS, g)
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / "history.jsonl").write_text(json.dumps({"epoch": 0, "decisiveness": dec}) + "\n")
+    md, page = write_run_report(tmp_path, {"method": "el_darts", "data": "synthetic"})
+    text = md.read_text()
+    assert "decided normal (median margin)" in text and "| 0% (0.000) |" in text
+    assert UNDECIDED_NOTE in text and UNDECIDED_NOTE in page.read_text()
+    assert collect(tmp_path)["search_note"] == UNDECIDED_NOTE
