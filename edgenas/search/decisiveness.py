@@ -8,9 +8,10 @@ to the operators derivation can pick (``none`` is never derived) and renormalise
 
 An edge is *decided* when its margin reaches :data:`DECIDED_MARGIN`; a derived genotype is *mostly
 undecided* when fewer than half of its chosen edges are decided, and is then reported as close to a
-random pick. The threshold is a measured noise floor (``benchmarks/search_decisiveness.py`` prints
-the measurement; the README gives it): the margins that architecture steps reach from gradient
-noise alone, where seeds do not agree on the operator beyond chance.
+random pick. The threshold comes from a measurement (``benchmarks/search_decisiveness.py`` prints
+it; the README gives it): far above the margins initialisation leaves, and the margin below which
+two seeds' strongest operators agreed only at chance. Decided is not the same as reproducible: the
+seed agreement below is the check of that.
 
 Seed agreement compares the genotypes of the same search run with different seeds. Per node of a
 cell (two chosen edges each) and per pair of seeds it counts, out of 2: the shared inputs, the
