@@ -390,7 +390,8 @@ def train_cmd(
                                                  help="Memory format [on: measured faster on CPU and CUDA]."),
     download: bool = typer.Option(False, "--download", help="Download cifar10/cifar100 if missing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/train-<genotype>]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
+                                "--seeds: every seed's run that has one; the others start)."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
                                              help="Stop after N epochs of this call (finish later with --resume)."),
     device: str = DeviceOpt,
@@ -490,7 +491,8 @@ def search_cmd(
                                                  help="Memory format [on for CPU (measured faster), off on CUDA]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>; with --seeds "
                                        "runs/search-<method>-seeds]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
+                                "--seeds: every seed's run that has one; the others start)."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
                                              help="Stop after N epochs of this call (finish later with --resume)."),
     mac_budget: Optional[str] = typer.Option(None, "--mac-budget", help="MAC budget of the evaluation network "
@@ -549,9 +551,9 @@ def search_cmd(
     plan = plan_budgets_for_data(budget, data, ops, nodes, profile_path=profile, device=dev, seed=cfg.seed)
     con = out_console(json_out, quiet)
 
-    def run_one(run_cfg: SearchConfig, run_dir: Path) -> Any:
+    def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> Any:
         result = search(chosen, given_space, run_cfg, data, out=run_dir, device=dev,
-                        resume=resume, stop_after=stop_after, quiet=quiet,
+                        resume=resume_run, stop_after=stop_after, quiet=quiet,
                         space_source=str(space) if space is not None else None,
                         penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
         if plan is not None and not result.loop.stopped_early:
@@ -561,7 +563,7 @@ def search_cmd(
 
     if seed_list is not None:
         multi = search_seeds(run_one, cfg, seed_list, ops, out=out or Path(f"{default_run_folder(method)}-seeds"),
-                             accept=plan.fits if plan else None)
+                             resume=resume, accept=plan.fits if plan else None)
         if json_out:
             emit_json(multi.summary())
             return
@@ -574,7 +576,7 @@ def search_cmd(
             _print_agreement(con, multi.agreement)
         con.print(f"run folders: {multi.out}/seed-<s>", markup=False)
         return
-    result = run_one(cfg, out or default_run_folder(method))
+    result = run_one(cfg, out or default_run_folder(method), resume)
     summary = result.summary()
     if plan is not None and not result.loop.stopped_early:
         summary["budget"] = plan.report_from_record(result.loop.history.records[-1])

@@ -200,3 +200,17 @@ def test_run_report_shows_decisiveness_per_epoch_and_the_warning(tmp_path):
     assert "decided normal (median margin)" in text and "| 0% (0.000) |" in text
     assert UNDECIDED_NOTE in text and UNDECIDED_NOTE in page.read_text()
     assert collect(tmp_path)["search_note"] == UNDECIDED_NOTE
+
+
+def test_an_interrupted_multi_seed_search_resumes_and_a_rerun_without_resume_is_refused(tmp_path):
+    out = tmp_path / "multi"
+    base = ["search", *TINY, "--method", "darts", "--seeds", "0,1", "--out", str(out), "--json", "--quiet"]
+    first = invoke(*base, "--stop-after", "1")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["agreement"] is None and not (out / "seed_agreement.json").exists()
+    (out / "seed-1").rename(tmp_path / "moved")  # seed 1 never started: --resume must start it
+    done = invoke(*base, "--resume")
+    assert done.exit_code == 0, done.output
+    doc = json.loads(done.stdout)
+    assert doc["seeds"]["0"]["epochs_done"] == 2 and doc["agreement"]["seeds"] == 2
+    assert_clean_failure(invoke(*base[:-2]), "seed-0", "already holds a search run")

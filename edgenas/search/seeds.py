@@ -50,25 +50,34 @@ class SeedsResult:
                 "agreement_file": str(self.out / "seed_agreement.json") if self.agreement else None}
 
 
-def check_parent(out: Path) -> None:
-    """The parent folder must not itself be a single search run (it would mix two layouts)."""
+def check_folders(out: Path, seeds: Sequence[int], resume: bool) -> None:
+    """Refuse, before any search runs, a parent that is itself a single search run, and (without
+    ``resume``) a seed folder that already holds a run."""
     if (out / "history.jsonl").exists() or (out / "last.pt").exists():
         raise EdgenasError(f"{out} is a single search run folder; a multi-seed search writes seed-<s>/ "
                            "sub-folders and its own agreement file",
                            "choose another --out for --seeds")
+    if not resume:
+        taken = [s for s in seeds if (seed_folder(out, s) / "last.pt").exists()]
+        if taken:
+            raise EdgenasError(f"{seed_folder(out, taken[0])} already holds a search run",
+                               "pass --resume to continue the seeds' runs, or choose another --out folder")
 
 
-def search_seeds(run_one: Callable[[SearchConfig, Path], SearchResult], cfg: SearchConfig, seeds: Sequence[int],
-                 ops: Sequence[str], *, out: str | Path,
+def search_seeds(run_one: Callable[[SearchConfig, Path, bool], SearchResult], cfg: SearchConfig,
+                 seeds: Sequence[int], ops: Sequence[str], *, out: str | Path, resume: bool = False,
                  accept: Callable[[Genotype], bool] | None = None) -> SeedsResult:
-    """Run ``run_one(cfg with seed s, seed folder)`` per seed, then measure agreement.
+    """Run ``run_one(cfg with seed s, seed folder, resume)`` per seed, then measure agreement.
 
-    ``accept`` restricts the random genotypes of the chance level (e.g. to those meeting the
-    search's budget); without it the chance level is exact.
+    With ``resume``, seeds with a checkpoint continue from it and seeds without one start, so an
+    interrupted multi-seed search finishes where it stopped. ``accept`` restricts the random
+    genotypes of the chance level (e.g. to those meeting the search's budget); without it the
+    chance level is exact.
     """
     out = Path(out)
-    check_parent(out)
-    runs = {s: run_one(dataclasses.replace(cfg, seed=s), seed_folder(out, s)) for s in seeds}
+    check_folders(out, seeds, resume)
+    runs = {s: run_one(dataclasses.replace(cfg, seed=s), seed_folder(out, s),
+                       resume and (seed_folder(out, s) / "last.pt").exists()) for s in seeds}
     if any(r.loop.stopped_early for r in runs.values()):
         return SeedsResult(out, runs, None)
     report = agreement_report([runs[s].genotype for s in seeds], ops, accept)
@@ -77,4 +86,4 @@ def search_seeds(run_one: Callable[[SearchConfig, Path], SearchResult], cfg: Sea
     return SeedsResult(out, runs, report)
 
 
-__all__ = ["AGREEMENT_FORMAT", "SeedsResult", "check_parent", "parse_seeds", "search_seeds", "seed_folder"]
+__all__ = ["AGREEMENT_FORMAT", "SeedsResult", "check_folders", "parse_seeds", "search_seeds", "seed_folder"]
