@@ -390,8 +390,7 @@ def train_cmd(
                                                  help="Memory format [on: measured faster on CPU and CUDA]."),
     download: bool = typer.Option(False, "--download", help="Download cifar10/cifar100 if missing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/train-<genotype>]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
-                                "--seeds: every seed's run that has one; the others start)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
                                              help="Stop after N epochs of this call (finish later with --resume)."),
     device: str = DeviceOpt,
