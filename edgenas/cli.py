@@ -480,7 +480,9 @@ def search_cmd(
     no_dcss: bool = typer.Option(False, "--no-dcss", help="el_darts ablation: no dynamic edge coefficients."),
     no_entropy: bool = typer.Option(False, "--no-entropy", help="el_darts ablation: no entropy regulariser."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Weight learning rate [0.1 x batch/256]."),
-    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam)."),
+    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam) [DARTS' 6e-4]. Adam "
+                                  "moves each alpha by about this much per step, so a search of a few hundred "
+                                  "architecture steps needs more to choose (the run records arch_reach)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seeds weights, split, data order and augmentation [0]."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the same search once per seed (e.g. 0,1,2) "
                                         "into --out/seed-<s>/ and report how far their genotypes agree, "
