@@ -616,15 +616,22 @@ def search_cmd(
     no_dcss: bool = typer.Option(False, "--no-dcss", help="el_darts ablation: no dynamic edge coefficients."),
     no_entropy: bool = typer.Option(False, "--no-entropy", help="el_darts ablation: no entropy regulariser."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Weight learning rate [0.1 x batch/256]."),
-    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds weights, split, data order and augmentation."),
+    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam) [DARTS' 6e-4]. Adam "
+                                  "moves each alpha by about this much per step, so a search of a few hundred "
+                                  "architecture steps needs more to choose (the run records arch_reach)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds weights, split, data order and augmentation [0]."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the same search once per seed (e.g. 0,1,2) "
+                                        "into --out/seed-<s>/ and report how far their genotypes agree, "
+                                        "against random genotypes of the space."),
     subset: Optional[int] = typer.Option(None, "--subset", min=1, help="Use a class-balanced N training images."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on for CPU (measured faster), off on CUDA]."),
     accumulate: int = typer.Option(1, "--accumulate", min=1, help="Split each batch into N interleaved "
                                    "micro-batches (gradients averaged): what N torchrun processes compute."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>]."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>; with --seeds "
+                                       "runs/search-<method>-seeds]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
+                                "--seeds: every seed's run that has one; the others start)."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1,
                                              help="Stop after N epochs of this call (finish later with --resume)."),
     mac_budget: Optional[str] = typer.Option(None, "--mac-budget", help="MAC budget of the evaluation network "
@@ -659,14 +666,18 @@ def search_cmd(
     from edgenas.distributed import dist_from_env
     from edgenas.search import make_method
     from edgenas.search.loop import SearchConfig, default_run_folder, search
+    from edgenas.search.seeds import parse_seeds, search_seeds
     from edgenas.space import SearchSpace
 
+    if seeds is not None and seed is not None:
+        raise EdgenasError("--seed and --seeds are both given", "use --seed N for one search or --seeds 0,1,2 for several")
+    seed_list = parse_seeds(seeds) if seeds is not None else None
     settings = {"partial_k": partial_k, "ess": False if no_ess else None, "dcss": False if no_dcss else None,
                 "entropy": False if no_entropy else None}
     chosen = make_method(method, settings)
     given_space = SearchSpace.load(space) if space is not None else None
     cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
-                       channels=channels, nodes=nodes, seed=seed, subset=subset, lr=lr, arch_lr=arch_lr,
+                       channels=channels, nodes=nodes, seed=seed or 0, subset=subset, lr=lr, arch_lr=arch_lr,
                        channels_last=channels_last, accumulate=accumulate)
     from edgenas.costs import parse_count
     from edgenas.files import write_json
@@ -683,25 +694,48 @@ def search_cmd(
                            "profile the shapes the search names without it (`edgenas profile --shapes "
                            "...`) so every rank reads the same profile, then launch without --profile-missing")
     dev = resolve_device(device)
-    plan = plan_budgets_for_data(budget, data, chosen.resolve_space(given_space).ops, nodes,
-                                 profile_path=profile, device=dev, seed=seed)
-    run_dir = out or default_run_folder(method)
+    if seed_list is not None and dist_from_env().active:
+        raise EdgenasError("--seeds runs one search after another in one process; it does not run under torchrun",
+                           "run it plainly, or launch one torchrun search per --seed")
+    ops = chosen.resolve_space(given_space).ops
+    plan = plan_budgets_for_data(budget, data, ops, nodes, profile_path=profile, device=dev, seed=cfg.seed)
+    con = out_console(json_out, quiet)
     main_rank = dist_from_env().main
-    result = search(chosen, given_space, cfg, data, out=run_dir, device=dev,
-                    resume=resume, stop_after=stop_after, quiet=quiet or not main_rank,
-                    space_source=str(space) if space is not None else None,
-                    penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
+
+    def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> Any:
+        result = search(chosen, given_space, run_cfg, data, out=run_dir, device=dev,
+                        resume=resume_run, stop_after=stop_after, quiet=quiet or not main_rank,
+                        space_source=str(space) if space is not None else None,
+                        penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
+        if main_rank and plan is not None and not result.loop.stopped_early:
+            write_json(result.run / "budget.json", BUDGET_FORMAT, 1,
+                       plan.report_from_record(result.loop.history.records[-1]))
+        return result
+
+    if seed_list is not None:
+        multi = search_seeds(run_one, cfg, seed_list, ops, out=out or Path(f"{default_run_folder(method)}-seeds"),
+                             resume=resume, accept=plan.fits if plan else None)
+        if json_out:
+            emit_json(multi.summary())
+            return
+        for s, r in multi.runs.items():
+            con.print(f"seed {s}: {r.genotype.to_literal()}", markup=False)
+            _print_decisiveness(con, r.summary())
+        if multi.agreement is None:
+            con.print(f"stopped after --stop-after {stop_after}; continue with --resume --out {multi.out}")
+        else:
+            _print_agreement(con, multi.agreement)
+        con.print(f"run folders: {multi.out}/seed-<s>", markup=False)
+        return
+    result = run_one(cfg, out or default_run_folder(method), resume)
     if not main_rank:
         return
     summary = result.summary()
     if plan is not None and not result.loop.stopped_early:
-        check = plan.report_from_record(result.loop.history.records[-1])
-        write_json(result.run / "budget.json", BUDGET_FORMAT, 1, check)
-        summary["budget"] = check
+        summary["budget"] = plan.report_from_record(result.loop.history.records[-1])
     if json_out:
         emit_json(summary)
         return
-    con = out_console(json_out, quiet)
     if "budget" in summary:
         _print_budget(con, summary["budget"])
     con.print(f"{chosen.title} over {len(result.ops)} operators ({', '.join(result.ops)}): "
@@ -710,12 +744,41 @@ def search_cmd(
               f"peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['memory_kind']})")
     con.print(f"genotype: {result.genotype.to_literal()}", markup=False)
     con.print(f"skip_connect in the normal cell: {summary['normal_skip_connect']}")
+    _print_decisiveness(con, summary)
     if result.loop.stopped_early:
         con.print(f"stopped after --stop-after {stop_after}; continue with --resume --out {result.run}")
     else:
         con.print(f"genotype file: {summary['genotype_file']}  (train it: edgenas train {summary['genotype_file']} "
                   f"--data ...)", markup=False)
     con.print(f"run folder: {result.run}")
+
+
+def _print_decisiveness(con: Console, summary: dict[str, Any]) -> None:
+    from edgenas.search.decisiveness import summary_line
+
+    dec = summary.get("decisiveness")
+    if dec:
+        con.print(summary_line(dec), markup=False)
+    if summary.get("note"):
+        con.print(f"warning: {summary['note']} (search longer or with a larger --arch-lr)", markup=False)
+
+
+def _print_agreement(con: Console, agreement: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    rnd = agreement["random"]
+    table = Table("cell", "node", "inputs", "operators", "(input, op)", "choices per seed",
+                  title=f"seed agreement over {agreement['seeds']} seeds (share of a node's 2 edges, mean over "
+                        f"{agreement['pairs']} seed pairs)")
+    for cell, nodes in agreement["cells"].items():
+        for n in nodes:
+            table.add_row(cell, str(n["node"]), f"{n['inputs']:.2f}", f"{n['operators']:.2f}", f"{n['edges']:.2f}",
+                          " | ".join(",".join(f"{o}@{i}" for o, i in c) for c in n["choices"]))
+    con.print(table)
+    o, r = agreement["overall"], rnd["overall"]
+    con.print(f"overall: inputs {o['inputs']:.2f} (random {r['inputs']:.2f}), operators {o['operators']:.2f} "
+              f"(random {r['operators']:.2f}), (input, op) {o['edges']:.2f} (random {r['edges']:.2f}); "
+              f"random genotypes: {rnd['method']}", markup=False)
 
 
 def _print_budget(con: Console, check: dict[str, Any]) -> None:
@@ -849,6 +912,8 @@ def run_cmd(
               + (f"; skipped (done) {', '.join(result.skipped)}" if result.skipped else ""))
     if "space" in s:
         con.print(f"search space: {', '.join(s['space'])}")
+    if s.get("search_note"):
+        con.print(f"warning: {s['search_note']}", markup=False)
     if "test_top1" in s:
         con.print(f"retrained test top-1: {s['test_top1']:.2f}%")
     if "export" in s:

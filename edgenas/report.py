@@ -187,12 +187,15 @@ def _edge_labels(n_edges: int) -> list[str]:
 
 
 def plot_arch_weights(op_weights: dict[str, Any], ops: tuple[str, ...] | list[str], path: str | Path, *,
-                      edge_weights: dict[str, Any] | None = None, title: str = "") -> Path:
+                      edge_weights: dict[str, Any] | None = None, title: str = "",
+                      undecided: dict[str, list[bool]] | None = None, threshold: float | None = None) -> Path:
     """Operator weights of every edge as one heatmap per cell type (cf. EL-DARTS Fig. 3).
 
     ``op_weights[cell]`` is an (edges, ops) nested list or array, ``edge_weights[cell]`` (optional)
     the per-node normalised edge weights, drawn as an extra column. Each cell shows its value; the
-    strongest non-``none`` operator of each edge is outlined.
+    strongest non-``none`` operator of each edge is outlined, in red where the edge is decided and
+    dashed grey where ``undecided[cell]`` marks it (its margin is below ``threshold``), whose row
+    label then ends in "(undecided)": there the outline is noise, not a choice.
     """
     import numpy as np
 
@@ -208,6 +211,7 @@ def plot_arch_weights(op_weights: dict[str, Any], ops: tuple[str, ...] | list[st
         shown = m if ew is None else np.column_stack([m, ew])
         if ew is not None:
             cols.append("edge weight")
+        flags = (undecided or {}).get(cell) or [False] * m.shape[0]
         im = ax.imshow(shown, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(shown.max()), 1e-9))
         for r in range(shown.shape[0]):
             for c in range(shown.shape[1]):
@@ -216,17 +220,25 @@ def plot_arch_weights(op_weights: dict[str, Any], ops: tuple[str, ...] | list[st
                         color="white" if v < 0.6 * shown.max() else "black")
             real = [j for j, op in enumerate(ops) if op != "none"]
             best = max(real, key=lambda j: m[r, j])
-            ax.add_patch(_outline(best, r))
+            ax.add_patch(_outline(best, r, decided=not flags[r]))
+        labels = [f"{lab} (undecided)" if u else lab for lab, u in zip(_edge_labels(m.shape[0]), flags)]
         ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right", fontsize=7)
-        ax.set_yticks(range(m.shape[0]), _edge_labels(m.shape[0]), fontsize=7)
-        ax.set_title(f"{cell} cell", fontsize=9)
+        ax.set_yticks(range(m.shape[0]), labels, fontsize=7)
+        for tick, u in zip(ax.get_yticklabels(), flags):
+            if u:
+                tick.set_color("0.5")
+        note = (f": {sum(flags)} of {len(flags)} edges undecided (margin < {threshold})"
+                if undecided is not None and threshold is not None else "")
+        ax.set_title(f"{cell} cell{note}", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
 
-def _outline(col: int, row: int) -> Any:
+def _outline(col: int, row: int, *, decided: bool = True) -> Any:
     from matplotlib.patches import Rectangle
 
-    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)
+    if decided:
+        return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="0.6", linewidth=1.0, linestyle="--")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgenas.files import write_text_atomic
+from edgenas.search.decisiveness import UNDECIDED_NOTE
 
 
 @dataclass
@@ -100,11 +101,33 @@ def _space(space: dict[str, Any]) -> list[Block]:
                   [[d.get("op"), d.get("rule"), d.get("reason")] for d in space.get("dropped", [])])]
 
 
+def _decided(r: dict[str, Any], cell: str) -> str:
+    """An epoch's decided share and median margin of one cell type, e.g. ``75% (0.081)``."""
+    c = (r.get("decisiveness") or {}).get("cells", {}).get(cell)
+    return "-" if c is None else f"{c['decided_share']:.0%} ({c['median_margin']:.3f})"
+
+
+def decisiveness_blocks(hist: list[dict[str, Any]]) -> list[Block]:
+    """The last epoch's verdict on the derived genotype: decided, or close to a random pick."""
+    dec = hist[-1].get("decisiveness") if hist else None
+    if not dec:
+        return []
+    share = dec.get("chosen_decided_share")
+    text = (f"Decisiveness: an edge counts as decided when its strongest operator's weight leads the second's "
+            f"by at least {dec['threshold']} (over the operators derivation can pick); "
+            f"{_f(100 * share, 0) if share is not None else '-'}% of the derived genotype's edges are decided.")
+    if dec.get("mostly_undecided"):
+        text += f" **Warning: {UNDECIDED_NOTE}.**"
+    return [text]
+
+
 def _search(out: Path, config: dict[str, Any], hist: list[dict[str, Any]]) -> list[Block]:
     blocks: list[Block] = [
         f"Method `{config.get('method')}`, {len(hist)} epoch(s).",
-        Table(["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "seconds", "peak MiB", "expected cost"],
+        Table(["epoch", "train top-1 %", "val top-1 %", "skip (normal)", "decided normal (median margin)",
+               "decided reduce", "seconds", "peak MiB", "expected cost"],
               [[r["epoch"] + 1, _f(r.get("train_top1")), _f(r.get("val_top1")), r.get("normal_skip_connect"),
+                _decided(r, "normal"), _decided(r, "reduce"),
                 _f(r.get("seconds"), 1), _f((r.get("peak_memory_bytes") or 0) / 2**20, 0),
                 "; ".join(_expected(k, v["value"]) for k, v in (r.get("penalties") or {}).items()) or "-"]
                for r in hist])]
@@ -112,8 +135,10 @@ def _search(out: Path, config: dict[str, Any], hist: list[dict[str, Any]]) -> li
     if geno:
         blocks.append("Derived genotype: `" + json.dumps({k: geno[k] for k in
                       ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}) + "`")
+    blocks += decisiveness_blocks(hist)
     blocks += _figure(out / "search" / "figures" / "arch_weights.png",
-                      "Operator weights per edge (EL-DARTS Fig. 3 analogue)")
+                      "Operator weights per edge (EL-DARTS Fig. 3 analogue); a dashed grey outline "
+                      "and '(undecided)' mark edges whose margin is below the threshold")
     blocks += _figure(out / "search" / "figures" / "genotype.png", "Final normal and reduction cells")
     return blocks
 
@@ -263,6 +288,12 @@ def collect(out: Path) -> dict[str, Any]:
     geno = _read_json(out / "search" / "genotype.json")
     if geno:
         summary["genotype"] = {k: geno[k] for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k in geno}
+    shist = _read_jsonl(out / "search" / "history.jsonl")
+    dec = shist[-1].get("decisiveness") if shist else None
+    if dec:
+        summary["search_decided_share"] = dec.get("chosen_decided_share")
+        if dec.get("mostly_undecided"):
+            summary["search_note"] = UNDECIDED_NOTE
     thist = _read_jsonl(out / "train" / "history.jsonl")
     if thist:
         summary["test_top1"] = thist[-1].get("test_top1")

@@ -464,6 +464,10 @@ class BudgetPlan:
     def deriver(self):
         return lambda op_weights, edge_weights: self.derive(op_weights, edge_weights).genotype
 
+    def fits(self, genotype: Genotype) -> bool:
+        """Whether ``genotype`` meets every budget by the additive cost models (the derivation's test)."""
+        return all(b.model.genotype_cost(genotype) <= b.limit * (1 + 1e-12) for b in self.budgets.values())
+
     def describe_setting(self) -> str:
         c = self.cfg
         return f"{c.setting} (C={c.C}, {c.layers} cells, {c.input_hw[0]}x{c.input_hw[1]})"

@@ -65,6 +65,7 @@ from edgenas.runs import (
     topk_correct,
 )
 from edgenas.search.budgets import CELL_TYPES, derive
+from edgenas.search.decisiveness import UNDECIDED_NOTE, decisiveness
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
@@ -319,7 +320,9 @@ class SearchResult:
 
     def summary(self) -> dict[str, Any]:
         last = self.loop.history.records[-1] if self.loop.history.records else {}
-        return {"run": str(self.run), "method": self.method, "ops": list(self.ops),
+        dec = last.get("decisiveness")
+        return {"decisiveness": dec, "note": UNDECIDED_NOTE if dec and dec.get("mostly_undecided") else None,
+                "run": str(self.run), "method": self.method, "ops": list(self.ops),
                 "epochs_done": self.loop.epochs_done, "stopped_early": self.loop.stopped_early,
                 "genotype": self.genotype.to_dict(), "genotype_file": str(self.run / "genotype.json"),
                 "normal_skip_connect": skip_count(self.genotype.normal),
@@ -447,6 +450,8 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
             "edge_weights": {t: _rows(edge_w[t]) for t in CELL_TYPES} if any(
                 w is not None for w in edge_w.values()) else None,
             "genotype": genotype.to_dict(),
+            "decisiveness": decisiveness({t: op_w[t].detach().cpu().double().numpy() for t in CELL_TYPES},
+                                         space.ops, genotype),
             "normal_skip_connect": skip_count(genotype.normal),
             "reduce_skip_connect": skip_count(genotype.reduce),
             "peak_memory_bytes": memory.peak_bytes(), "memory_kind": memory.kind,
@@ -459,7 +464,8 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
         val = (f"val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}%" if r["val_loss"] is not None
                else "warm-up (no architecture update)")
         return (f"epoch {r['epoch'] + 1}/{cfg.epochs}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%"
-                f"  {val}  skip(normal) {r['normal_skip_connect']}  {r['seconds']:.1f}s"
+                f"  {val}  skip(normal) {r['normal_skip_connect']}"
+                f"  decided {r['decisiveness']['chosen_decided_share']:.0%}  {r['seconds']:.1f}s"
                 f"  peak {r['peak_memory_bytes'] / 2**20:.0f} MiB")
 
     figures: list[Path] = []
@@ -474,7 +480,9 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
               "supernet": asdict(net_cfg), "device": str(device), "channels_last": channels_last,
               "world_size": dist_info.world, "per_rank_batch": per_rank_batch,
               "penalties": sorted(step.penalties), "dataset": describe(bundle),
-              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch}}
+              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch},
+              # Adam moves a logit by about arch_lr per step: this bounds how far any alpha can travel
+              "arch_reach": cfg.arch_lr * steps_per_epoch * (cfg.epochs - warmup)}
     stateful = {"model": net, "weight_optimizer": step.w_opt, "arch_optimizer": step.a_opt, "scheduler": scheduler}
     result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
                         epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
@@ -559,8 +567,11 @@ def draw_figures(run: RunDir, record: Mapping[str, Any], ops: tuple[str, ...], m
     from edgenas.report import plot_arch_weights, plot_genotype
 
     title = f"{method.title}, epoch {record['epoch'] + 1}"
+    dec = record.get("decisiveness")
+    undecided = {t: [not d for d in c["decided"]] for t, c in dec["cells"].items()} if dec else None
     heat = plot_arch_weights(record["op_weights"], ops, run.figures / "arch_weights.png",
-                             edge_weights=record.get("edge_weights"), title=title)
+                             edge_weights=record.get("edge_weights"), title=title, undecided=undecided,
+                             threshold=dec["threshold"] if dec else None)
     genotype = Genotype.from_dict(record["genotype"])
     cells = plot_genotype(genotype, run.figures / "genotype.png", title=title)
     return [heat, cells]
