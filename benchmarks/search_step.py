@@ -26,7 +26,8 @@ which no faster operator removes; the table is then followed by each step split 
 and its operators. `--ops` gives every method the same operators (e.g. one candidate at a time).
 
 `--busy N` instead times each method's step alternately quiet and beside N busy loops and
-reports the slowdown; `--spin-count` sets the workers' OpenMP spin (300000: libgomp's default).
+reports the slowdown; `--spin-count` sets the workers' GOMP_SPINCOUNT and `--omp-wait` their
+OMP_WAIT_POLICY (libgomp's default when neither is set: spin 300000 iterations, then sleep).
 
 `--nproc N` instead compares, per method, N processes x 1 thread (``torch.distributed.run``, gloo on
 the CPU, NCCL with one GPU each) against 1 process x N threads, at the same global batch: images per
@@ -95,9 +96,9 @@ def _reply(obj: dict[str, Any]) -> None:
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
-    import edgenas  # noqa: F401  (first: it sets OpenMP's spin defaults before torch loads the runtime)
     import torch
 
+    import edgenas  # noqa: F401  (first: it sets OpenMP's spin defaults before torch loads the runtime)
     from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
     from edgenas.search import make_method
     from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
@@ -360,9 +361,8 @@ def main() -> None:
                         "interleaved with the reference like the others): what the method costs besides its "
                         "candidate operators, which no operator speed-up removes")
     p.add_argument("--spin-count", default="inherit",
-                   help="GOMP_SPINCOUNT of the workers (inherit: edgenas's bounded default unless this "
-                        "environment sets OpenMP's policy; 300000 is libgomp's own default, what edgenas ran "
-                        "with before it bounded the spin)")
+                   help="GOMP_SPINCOUNT of the workers (inherit: this environment's; libgomp's own default "
+                        "is 300000)")
     p.add_argument("--busy", type=int, default=0, metavar="N",
                    help="run N busy loops beside the workers in alternate steps and report, per method, the "
                         "median step with them running over the median without (the slowdown under load)")
@@ -482,15 +482,12 @@ def _print_split(rows: dict[str, dict[str, Any]], ref_name: str, ref_fixed: floa
 
 # --- --busy: the slowdown of a search step beside other busy processes ------------------------------
 
-def _spin_env(env: dict[str, str], args: argparse.Namespace) -> None:
-    """The workers' OpenMP spin: edgenas's default (inherit) or the given GOMP_SPINCOUNT. Under
-    --omp-wait the policy alone decides (libgomp lets a GOMP_SPINCOUNT override OMP_WAIT_POLICY)."""
-    from edgenas.omp import ADDED
+#: How a user chooses OpenMP's waiting policy: libgomp reads the first two, Intel's runtime the third.
+OMP_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
-    if args.omp_wait != "inherit":
-        for key, value in ADDED.items():
-            if env.get(key) == value:
-                env.pop(key)
+
+def _spin_env(env: dict[str, str], args: argparse.Namespace) -> None:
+    """The workers' OpenMP spin: the environment's (inherit) or the given GOMP_SPINCOUNT."""
     if args.spin_count != "inherit":
         env["GOMP_SPINCOUNT"] = str(int(args.spin_count))
 
@@ -516,8 +513,6 @@ def _set_busy(procs: list[subprocess.Popen], on: bool) -> None:
 def busy_main(args: argparse.Namespace) -> None:
     """Each method's step, alternately quiet and beside ``--busy`` loops (ABBA order, so a drift of
     the machine's speed hits both sides alike), and the ratio of the two medians."""
-    from edgenas.omp import USER_KNOBS
-
     procs = _busy_loops(args.busy)
     rows = []
     try:
@@ -544,7 +539,7 @@ def busy_main(args: argparse.Namespace) -> None:
     if args.omp_wait != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait.upper()
     _spin_env(env, args)
-    omp = {k: env.get(k) for k in USER_KNOBS}
+    omp = {k: env.get(k) for k in OMP_KNOBS}
     if args.json:
         print(json.dumps({"settings": vars(args), "omp": omp, "cpus": os.cpu_count(), "loadavg": os.getloadavg(),
                           "rows": rows}, indent=2))

@@ -323,10 +323,9 @@ def prune_cmd(
     """Reduce the search space from measured costs; write space.json with the reason for each drop."""
     from rich.table import Table
 
+    from edgenas.files import ensure_writable
     from edgenas.profiling import load_profile
     from edgenas.space import PruneConfig, prune
-
-    from edgenas.files import ensure_writable
 
     ensure_writable(out, "search space")
     if profile is None:
@@ -536,8 +535,8 @@ def train_cmd(
     from dataclasses import replace
 
     from edgenas.device import resolve_device
-    from edgenas.genotypes import load_genotype
     from edgenas.distributed import dist_from_env
+    from edgenas.genotypes import load_genotype
     from edgenas.train import TrainConfig, default_run_folder, genotype_label, protocol_defaults, train
 
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,

@@ -20,8 +20,8 @@ import os
 import platform
 import re
 import statistics
-import time
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -444,7 +444,7 @@ def environment(device: torch.device, clocks: ClockLog | None = None) -> dict[st
         "onnxruntime": ort_version,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "nvml": _nvml_record(device),
     }
     if device.type == "cpu":

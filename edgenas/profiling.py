@@ -65,6 +65,7 @@ from edgenas.device import (
     is_sticky_cuda_error,
     keep_cpu_memory,
     resolve_dtype,
+    sample_clocks,
     synchronize,
     time_once,
 )
@@ -79,10 +80,10 @@ from edgenas.export.runtime import (
 )
 from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
-from edgenas.values import FieldRule, check_record, finite_fields
 from edgenas.genotypes import Genotype
 from edgenas.nets import NetConfig, build_network, cell_shapes, default_config
 from edgenas.ops import DARTS_OPS, OPS, get_op
+from edgenas.values import FieldRule, check_record, finite_fields
 
 PROFILE_FORMAT = "edgenas.profile"
 PROFILE_VERSION = 2
@@ -1177,12 +1178,14 @@ def profile_ops(
     if device.type == "cpu" and settings.keep_cpu_memory:
         keep_cpu_memory()
     load_before = load_average()
-    entries, skipped = measure_entries(keys, rt, batch=batch, mode=mode, on_entry=on_entry)
-    if not entries:
-        reasons = "; ".join(sorted({s.reason for s in skipped}))
-        raise EdgenasError(f"no operator could run on {device} with dtype {dtype}: {reasons}",
-                           "choose another --dtype (fp32 runs everywhere) or device")
-    parts = measure_parts(networks, rt, batch=batch, entries=entries)
-    return Profile(device_slug(device), batch, dtype, mode, environment(device), entries, settings, skipped,
+    with sample_clocks(device) as clocks:  # GPU clocks and throttle reasons while the entries are timed
+        entries, skipped = measure_entries(keys, rt, batch=batch, mode=mode, on_entry=on_entry)
+        if not entries:
+            reasons = "; ".join(sorted({s.reason for s in skipped}))
+            raise EdgenasError(f"no operator could run on {device} with dtype {dtype}: {reasons}",
+                               "choose another --dtype (fp32 runs everywhere) or device")
+        parts = measure_parts(networks, rt, batch=batch, entries=entries)
+    return Profile(device_slug(device), batch, dtype, mode, environment(device, clocks), entries, settings,
+                   skipped,
                    runtime=runtime, provider=rt.provider, threads=rt.threads, parts=parts,
                    load_before=load_before, load_after=load_average())

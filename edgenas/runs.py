@@ -33,8 +33,8 @@ from torch import nn
 from edgenas.device import keep_cpu_memory
 from edgenas.distributed import DistInfo, all_reduce_sum, gather_objects
 from edgenas.errors import EdgenasError
-from edgenas.values import check_seed
 from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, read_json, write_json, write_text_atomic
+from edgenas.values import check_seed
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
 CHECKPOINT_VERSION = 1

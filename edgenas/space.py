@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
-from edgenas.values import check_number
 from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS
+from edgenas.values import check_number
 
 if TYPE_CHECKING:
     from edgenas.profiling import Profile, Shape

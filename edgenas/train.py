@@ -29,7 +29,6 @@ from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_b
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.nets import NetConfig, build_network, default_config
-from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     BestRule,
     History,
@@ -44,6 +43,7 @@ from edgenas.runs import (
     seed_everything,
     topk_correct,
 )
+from edgenas.values import check_number, check_seed, finite_fields
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ from edgenas.export import (
     ExportSettings,
     OrtModel,
     calibration_batches,
-    export_network,
     load_export_data,
     load_trained,
     open_session,

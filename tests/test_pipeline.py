@@ -203,5 +203,5 @@ def test_run_report_export_section_has_the_budget_line(straight_run: Path) -> No
     assert describe_budget(p) is None and describe_prediction(p) in _export(exp, None)
     p["budget"] = {"limit_ms": 1e-6, "measured_ms": p["measured_ms"], "units": p["units"], "met": False}
     blocks = _export(exp, None)
-    assert f"Latency budget: the exported model does NOT meet 1e-06 ms as measured" in " ".join(
+    assert "Latency budget: the exported model does NOT meet 1e-06 ms as measured" in " ".join(
         b for b in blocks if isinstance(b, str))

@@ -12,6 +12,7 @@ from torch import nn
 from edgenas.costs import count_macs, count_params
 from edgenas.device import cpu_allocator, device_slug
 from edgenas.errors import EdgenasError
+from edgenas.latency import profile_missing
 from edgenas.ops import OPS, build_op, register_op
 from edgenas.profiling import (
     DEFAULT_SHAPES,
@@ -24,7 +25,6 @@ from edgenas.profiling import (
     parse_shapes,
     profile_ops,
 )
-from edgenas.latency import profile_missing
 
 CPU = torch.device("cpu")
 FAST = ProfileSettings(runs=3, min_warmup=1, max_warmup=3, max_seconds=0.05)

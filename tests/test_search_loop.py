@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from edgenas.genotypes import load_genotype
-from edgenas.runs import History
+from edgenas.runs import History, seed_everything
 from edgenas.search import METHODS, make_method
-from edgenas.runs import seed_everything
 from edgenas.search.loop import SearchConfig, search, skip_count
 from edgenas.search.supernet import Supernet, SupernetConfig
 

@@ -12,9 +12,8 @@ from torch import nn
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
-from edgenas.search import METHODS, make_method
+from edgenas.search import METHODS, make_method, supernet
 from edgenas.search.budgets import edge_inputs
-from edgenas.search import supernet
 from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, _colsum, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax

@@ -44,8 +44,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
     takes only signed, zero-point-free QDQ).
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     chunks = calibration_batches(calibration, batch)

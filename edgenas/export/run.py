@@ -19,8 +19,8 @@ import torch
 
 from edgenas.device import DTYPES, device_slug, environment, sample_clocks, tf32_state
 from edgenas.errors import EdgenasError
-from edgenas.export.onnx_export import export_onnx
 from edgenas.export.fp16 import export_fp16
+from edgenas.export.onnx_export import export_onnx
 from edgenas.export.quantize import _quantize
 from edgenas.export.report import ExportReport, render_markdown
 from edgenas.export.runtime import OrtModel, physical_cores, probe_providers, reference_session, timing_sessions

@@ -287,7 +287,6 @@ def cpu_fallback(source: str | bytes, key: str, options: dict[str, Any], device:
 
 def _probe_model() -> bytes:
     """A one-node model (Relu) to test providers before the real export's long work."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",

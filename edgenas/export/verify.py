@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
 import numpy as np
+import torch
 from torch import nn
 
 from edgenas.device import full_fp32

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from edgenas.errors import EdgenasError
-from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
+from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 
 CELL_TYPES = ("normal", "reduce")
 BUDGET_FORMAT = "edgenas.budget-check"  # budget.json: constrained vs unconstrained genotype

@@ -52,7 +52,6 @@ from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
 from edgenas.ops import get_op
-from edgenas.values import check_number, check_seed, finite_fields
 from edgenas.runs import (
     History,
     LoopProgress,
@@ -69,6 +68,7 @@ from edgenas.search.decisiveness import UNDECIDED_NOTE, decisiveness
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
+from edgenas.values import check_number, check_seed, finite_fields
 
 OpWeights = Mapping[str, torch.Tensor]
 EdgeWeights = Mapping[str, "torch.Tensor | None"]

@@ -31,7 +31,7 @@ from torch import nn
 
 from edgenas.errors import EdgenasError
 from edgenas.ops import ChannelAttention, DilConv, FactorizedReduce, ReLUConvBN, SepConv, get_op
-from edgenas.search.budgets import CELL_TYPES, edge_inputs, num_edges
+from edgenas.search.budgets import CELL_TYPES, num_edges
 from edgenas.search.fast_cpu import accelerate, norm_mix
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def group_convs(op: nn.Module, groups: int) -> nn.Module:
     return op
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def blockwise(name: str, C: int, stride: int, groups: int) -> bool:
     """Whether operator ``name`` built for ``groups * C`` channels, its dense convolutions grouped,
     treats each block of C channels on its own: probed by changing one block's input.

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from edgenas.errors import EdgenasError
-from edgenas.values import conform, field_types
 from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.supernet import (
     AllChannels,
@@ -31,6 +30,7 @@ from edgenas.search.supernet import (
     SupernetConfig,
 )
 from edgenas.space import SearchSpace
+from edgenas.values import conform, field_types
 
 
 def node_softmax(raw: torch.Tensor, steps: int) -> torch.Tensor:
