@@ -72,7 +72,7 @@ def main() -> None:
             x = torch.randn(1, *cfg.input_shape)
             xn = x.numpy()
 
-            def eager() -> None:
+            def eager(model: torch.nn.Module = model, x: torch.Tensor = x) -> None:
                 with torch.no_grad():
                     model(x)
 

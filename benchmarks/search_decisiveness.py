@@ -140,8 +140,8 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
             margins = np.concatenate([edge_margins_entropies(records[s][e]["op_weights"][t], ops)[0]
                                       for s in seeds for t in ("normal", "reduce")])
             per_epoch.append({"epoch": e + 1, "arch_updates": records[seeds[0]][e]["arch_updates"],
-                              "margin_median": float(np.median(margins)), "margin_p90": float(np.percentile(margins, 90)),
-                              "margin_max": float(margins.max())})
+                              "margin_median": float(np.median(margins)),
+                              "margin_p90": float(np.percentile(margins, 90)), "margin_max": float(margins.max())})
         # per edge and seed pair: do the two seeds' strongest operators agree, by the smaller margin?
         bins: dict[str, list[int]] = {f"{lo}-{hi}": [0, 0] for lo, hi in itertools.pairwise(MARGIN_BINS)}
         for a, b in itertools.combinations(seeds, 2):
@@ -164,7 +164,8 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
               ["epoch", "arch updates", "median margin", "p90", "max"],
               [[r["epoch"], r["arch_updates"], f"{r['margin_median']:.4f}", f"{r['margin_p90']:.4f}",
                 f"{r['margin_max']:.4f}"] for r in per_epoch])
-        table(f"   same strongest operator in two seeds, by the smaller of the two margins (chance {1 / len(keep):.2f})",
+        table("   same strongest operator in two seeds, by the smaller of the two margins "
+              f"(chance {1 / len(keep):.2f})",
               ["margin bin", "agree", "edges", "share"],
               [[k, v[0], v[1], f"{v[0] / v[1]:.2f}" if v[1] else "-"] for k, v in bins.items()])
         o, r = agreement["overall"], agreement["random"]["overall"]

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"name": f"{name} (search seed {s})", "kind": "searched", "genotype": g,
                          "accs": retrain(args, f"{name}-s{s}", g)})
     for i, g in enumerate(randoms):
-        rows.append({"name": f"random {i + 1}", "kind": "random", "genotype": g, "accs": retrain(args, f"random{i + 1}", g)})
+        rows.append({"name": f"random {i + 1}", "kind": "random", "genotype": g,
+                     "accs": retrain(args, f"random{i + 1}", g)})
 
     for r in rows:
         r["macs"] = model.genotype_cost(r["genotype"])
@@ -176,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         r["spread"] = max(r["accs"]) - min(r["accs"])
     random_means = [r["mean"] for r in rows if r["kind"] == "random"]
     print(f"\ntest top-1 (%), last epoch, {len(ints(args.train_seeds))} training seeds; MAC budget {limit / 1e6:.2f} M")
-    print(f"{'genotype':28s} {'M MACs':>7s} {'mean':>6s} {'min-max':>13s} {'rank among random':>18s} {'percentile':>10s}")
+    print(f"{'genotype':28s} {'M MACs':>7s} {'mean':>6s} {'min-max':>13s} "
+          f"{'rank among random':>18s} {'percentile':>10s}")
     for r in sorted(rows, key=lambda r: -r["mean"]):
         rank = pct = ""
         if r["kind"] == "searched":
@@ -192,9 +194,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name}: one search seed, no agreement")
             continue
         o, rnd = a["overall"], a["random"]["overall"]
-        print(f"  {name}: operators {o['operators']:.2f} (random {rnd['operators']:.2f}, x{a['ratio_to_random']['operators']}), "
-              f"inputs {o['inputs']:.2f} (random {rnd['inputs']:.2f}), (input, op) {o['edges']:.2f} "
-              f"(random {rnd['edges']:.2f}); random: {a['random']['method']}")
+        print(f"  {name}: operators {o['operators']:.2f} (random {rnd['operators']:.2f}, "
+              f"x{a['ratio_to_random']['operators']}), inputs {o['inputs']:.2f} (random {rnd['inputs']:.2f}), "
+              f"(input, op) {o['edges']:.2f} (random {rnd['edges']:.2f}); random: {a['random']['method']}")
     result = {"settings": settings,
               "rows": [{k: (v.to_dict() if isinstance(v, Genotype) else v) for k, v in r.items()} for r in rows],
               "agreement": {n: res["agreement"] for n, res in searched.items()},

@@ -271,7 +271,7 @@ def compare_processes(args: argparse.Namespace) -> None:
             for processes in (1, args.nproc):
                 runs[processes].append(_run_dist(args, method, processes))
                 print(f"measured {method}, {processes} process(es)", file=sys.stderr)
-        for processes, rs in runs.items():
+        for _processes, rs in runs.items():
             rows.append({**rs[-1], "images_per_s": statistics.median(r["images_per_s"] for r in rs),
                          "images_per_s_rounds": [round(r["images_per_s"], 2) for r in rs]})
     load = os.getloadavg()

@@ -519,7 +519,8 @@ def train_cmd(
     test_subset: Optional[int] = typer.Option(None, "--test-subset", min=1, help="Test on N images."),
     in_channels: Optional[int] = typer.Option(None, "--in-channels", help="Force 1 or 3 input channels "
                                               "(default: the data's)."),
-    amp: str = typer.Option("auto", "--amp", help="auto (by GPU capability: bf16 on >= 8.0, fp16 on 7.x, off on older GPUs and the CPU) | off | bf16 | fp16"),
+    amp: str = typer.Option("auto", "--amp", help="auto (by GPU capability: bf16 on >= 8.0, fp16 on 7.x, "
+                                                  "off on older GPUs and the CPU) | off | bf16 | fp16"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on: measured faster on CPU and CUDA]."),
     download: bool = typer.Option(False, "--download", help="Download cifar10/cifar100 if missing."),
@@ -669,7 +670,8 @@ def search_cmd(
     from edgenas.space import SearchSpace
 
     if seeds is not None and seed is not None:
-        raise EdgenasError("--seed and --seeds are both given", "use --seed N for one search or --seeds 0,1,2 for several")
+        raise EdgenasError("--seed and --seeds are both given",
+                           "use --seed N for one search or --seeds 0,1,2 for several")
     seed_list = parse_seeds(seeds) if seeds is not None else None
     settings = {"partial_k": partial_k, "ess": False if no_ess else None, "dcss": False if no_dcss else None,
                 "entropy": False if no_entropy else None}
@@ -808,9 +810,9 @@ def _print_budget(con: Console, check: dict[str, Any]) -> None:
 @command(app, "export")
 def export_cmd(
     source: Path = typer.Argument(..., help="A train run folder (its best.pt, else last.pt) or a checkpoint file."),
-    data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on (default: the one the run trained on): "
-                                       "cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH | fashion-mnist[:DIR] | "
-                                       "synthetic[:N]"),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on "
+                                       "(default: the one the run trained on): cifar10[:DIR] | cifar100[:DIR] | "
+                                       "imagefolder:PATH | fashion-mnist[:DIR] | synthetic[:N]"),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: exports/<run name>)."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     batch: int = typer.Option(1, "--batch", min=1, help="Batch size of the exported input (and timed besides 1)."),

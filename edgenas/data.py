@@ -439,7 +439,8 @@ def check_labels(spec: DataSpec, train_labels: torch.Tensor, test_labels: torch.
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi >= len(classes):
             bad = lo if lo < 0 else hi
-            raise EdgenasError(f"{spec}: a {split} label is {bad}, outside the {len(classes)} classes 0..{len(classes) - 1}",
+            raise EdgenasError(f"{spec}: a {split} label is {bad}, "
+                               f"outside the {len(classes)} classes 0..{len(classes) - 1}",
                                "fix or regenerate the label file")
 
 

@@ -146,7 +146,8 @@ class Genotype:
             steps = len(edges) // 2
             field = f"{prefix}{cell}_concat"
             if not concat:
-                raise EdgenasError(f"{field}: is empty", f"list the nodes the cell outputs, e.g. {list(range(2, steps + 2))}")
+                raise EdgenasError(f"{field}: is empty",
+                                   f"list the nodes the cell outputs, e.g. {list(range(2, steps + 2))}")
             seen: set[int] = set()
             for s in concat:
                 if not 2 <= s < steps + 2:
@@ -246,7 +247,8 @@ def parse_literal(text: str, source: str = "") -> Genotype:
         raise EdgenasError(f"{where}the Genotype(...) literal is never closed", "check its brackets")
     if not spans:
         raise EdgenasError(f"{where}no Genotype(...) literal found",
-                           "pass a built-in name, an edgenas genotype JSON file or a file holding Genotype(normal=[...], ...)")
+                           "pass a built-in name, an edgenas genotype JSON file or a file holding "
+                           "Genotype(normal=[...], ...)")
     if len(set(spans)) > 1:
         raise EdgenasError(f"{where}found {len(spans)} different Genotype(...) literals",
                            "keep only the one you mean in the file")

@@ -133,7 +133,8 @@ def load_config(path: str | Path | None, overrides: Mapping[str, Any]) -> Pipeli
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise EdgenasError(f"config file {path} does not exist", "check the path; edgenas/configs/demo.toml is an example")
+            raise EdgenasError(f"config file {path} does not exist",
+                               "check the path; edgenas/configs/demo.toml is an example")
         try:
             doc = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -260,7 +261,8 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
     b = cfg.budget
     if b.latency_budget_ms is not None:
         if cfg.profile.mode != "forward":
-            raise EdgenasError(f"a latency budget needs forward-mode timings, but [profile] mode is {cfg.profile.mode!r}",
+            raise EdgenasError("a latency budget needs forward-mode timings, "
+                               f"but [profile] mode is {cfg.profile.mode!r}",
                                'set [profile] mode = "forward"')
         if cfg.profile.batch != b.budget_batch:
             raise EdgenasError(f"[profile] batch is {cfg.profile.batch}, but the latency budget is for "

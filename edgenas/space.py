@@ -2,9 +2,10 @@
 
 A :class:`SearchSpace` is what ``edgenas prune`` writes (``space.json``) and ``edgenas search``
 reads. The pruning rules (see :func:`prune`) follow the argument of EL-DARTS ("Efficient and
-Lightweight Differentiable Architecture Search", Electronics 15(2):314, 2026, Sec. 3.1: keep one operator per role, prefer the
-cheaper kernel since two stacked 3x3 convolutions cover a 5x5 receptive field, drop the zero
-operator), but apply it to numbers measured on the target device rather than a fixed list.
+Lightweight Differentiable Architecture Search", Electronics 15(2):314, 2026, Sec. 3.1: keep one
+operator per role, prefer the cheaper kernel since two stacked 3x3 convolutions cover a 5x5
+receptive field, drop the zero operator), but apply it to numbers measured on the target device
+rather than a fixed list.
 """
 
 from __future__ import annotations

@@ -252,8 +252,8 @@ def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, 
         sync_buffers(net)  # one set of BatchNorm statistics for evaluation and the checkpoint
         test = evaluate(net, test_loader, device, criterion=criterion, precision=precision, progress=progress)
         return {"lr": lr, "drop_path": net.drop_path_prob, "train_loss": trained["loss"],
-                "train_objective": trained["objective"], "train_top1": trained["top1"], "test_loss": test["loss"], "test_top1": test["top1"],
-                "test_top5": test["top5"]}
+                "train_objective": trained["objective"], "train_top1": trained["top1"], "test_loss": test["loss"],
+                "test_top1": test["top1"], "test_top5": test["top5"]}
 
     def summary(r: dict[str, Any]) -> str:
         return (f"epoch {r['epoch'] + 1}/{cfg.epochs}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%"

@@ -65,13 +65,13 @@ def test_resume_with_another_method_or_space_is_refused(paused_run, tmp_path):
 
 def test_starting_over_an_existing_run_is_refused(paused_run):
     root, out, space = paused_run
-    assert_clean_failure(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--out", str(out)), "already holds",
-        "--resume")
+    assert_clean_failure(invoke("search", *TINY, "--method", "pc_darts", "--partial-k", "2", "--out", str(out)),
+                         "already holds", "--resume")
 
 
 def test_unknown_method(tmp_path):
-    assert_clean_failure(invoke("search", *TINY, "--method", "enas", "--out", str(tmp_path / "r")), "unknown search method 'enas'",
-        "pc_darts")
+    assert_clean_failure(invoke("search", *TINY, "--method", "enas", "--out", str(tmp_path / "r")),
+                         "unknown search method 'enas'", "pc_darts")
 
 
 @pytest.mark.parametrize("content,fragment", [
@@ -90,8 +90,9 @@ def test_bad_space_files(tmp_path, content, fragment):
 
 
 def test_k_that_does_not_divide_the_channels(tmp_path):
-    assert_clean_failure(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "3", "--out", str(tmp_path / "r")),
-        "--partial-k 3 does not divide --channels 4")
+    assert_clean_failure(invoke("search", *TINY, "--method", "el_darts", "--partial-k", "3",
+                                "--out", str(tmp_path / "r")),
+                         "--partial-k 3 does not divide --channels 4")
 
 
 def test_option_for_another_method(tmp_path):
@@ -106,4 +107,5 @@ def test_dataset_too_small_to_halve(tmp_path):
 
 def test_warmup_must_end_before_the_last_epoch(tmp_path):
     args = [a if a != "0" else "2" for a in TINY]  # --warmup-epochs 2 of 2
-    assert_clean_failure(invoke("search", *args, "--out", str(tmp_path / "r")), "--warmup-epochs 2 is not below --epochs 2")
+    assert_clean_failure(invoke("search", *args, "--out", str(tmp_path / "r")),
+                         "--warmup-epochs 2 is not below --epochs 2")

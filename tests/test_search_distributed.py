@@ -72,7 +72,8 @@ SCRIPT = textwrap.dedent("""
         return out
 
     BilevelStep.__init__, BilevelStep.weight_step = init, weight_step
-    runs = [(m, m, 0) for m in methods] + ([(kill_method, "killed-" + kill_method, int(kill_at))] if kill_method else [])
+    runs = [(m, m, 0) for m in methods]
+    runs += [(kill_method, "killed-" + kill_method, int(kill_at))] if kill_method else []
     for m, folder, k in runs:
         BilevelStep.kill_at = k
         search(make_method(m, {}), None, cfg, "synthetic:64", out=f"{root}/{folder}", device=torch.device("cpu"),
@@ -250,7 +251,8 @@ def test_torchrun_bad_split_prints_one_line_from_the_ranks(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "edgenas", "search", "--data", DATA, "--batch-size", "7", "--epochs", "1",
-                           "--out", str(tmp_path / "r")], env=env, capture_output=True, text=True, check=False, timeout=300)
+                           "--out", str(tmp_path / "r")],
+                          env=env, capture_output=True, text=True, check=False, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     errors = [ln for ln in text.splitlines() if ln.startswith("error:")]

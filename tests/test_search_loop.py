@@ -106,5 +106,8 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_search(name, tmp_path):
     b = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     for part in ("model", "arch_optimizer", "weight_optimizer", "scheduler"):
         assert_same(a["state"][part], b["state"][part], part)
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "peak_memory_bytes")} for r in rs]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "peak_memory_bytes")} for r in rs]
+
     assert strip(a["history"]) == strip(b["history"])

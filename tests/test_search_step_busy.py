@@ -18,7 +18,8 @@ def test_search_step_benchmark_reports_the_slowdown_beside_busy_loops():
     cmd = [sys.executable, str(REPO / "benchmarks/search_step.py"), "--methods", "darts", "--busy", "1",
            "--channels", "4", "--layers", "2", "--nodes", "2", "--batch", "4", "--hw", "8", "--steps", "1",
            "--warmup", "1", "--spin-count", spin, "--json"]
-    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300, check=False)
+    out = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
     row = doc["rows"][0]

@@ -86,7 +86,7 @@ def test_relaxed_weights_are_distributions_and_derive_a_valid_genotype(name):
     with net.recording():
         step.arch_step(x, y, epoch=0)
     ops = net.cfg.ops
-    for t, w in net.relaxed_op_weights().items():
+    for _t, w in net.relaxed_op_weights().items():
         assert w.shape == (net.cfg.num_edges, len(ops))
         assert torch.allclose(w.sum(1), torch.ones(net.cfg.num_edges), atol=1e-5)
     edge_w = {t: None if w is None else w.detach() for t, w in net.edge_weights().items()}
@@ -260,7 +260,8 @@ def test_partial_bypass_is_pooled_on_stride_two_even_for_odd_sizes():
     assert part.shape[1] == 2 and sel.bypass(rest).shape == (1, 6, 4, 4)
 
 
-@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8), (3, 2, 2, 7), (5, 2, 2, 9), (3, 2, 1, 1), (5, 3, 1, 5)])
+@pytest.mark.parametrize("k,d,s,hw", [(5, 1, 1, 8), (3, 2, 1, 7), (5, 2, 1, 8), (3, 1, 2, 7), (5, 2, 2, 8),
+                                      (3, 2, 2, 7), (5, 2, 2, 9), (3, 2, 1, 1), (5, 3, 1, 5)])
 @pytest.mark.parametrize("fmt", [CL, torch.contiguous_format])
 def test_fast_depthwise_backward_matches_the_native_one(k, d, s, hw, fmt):
     torch.manual_seed(0)
@@ -383,7 +384,8 @@ def test_attn_darts_uses_attention_operators_and_cell_residuals():
 def test_a_genotype_with_attention_operators_builds_an_evaluation_network():
     from edgenas.nets import build_network, default_config
 
-    g = Genotype(normal=(("sep_conv_3x3_attn", 0), ("skip_connect", 1), ("dil_conv_3x3_attn", 2), ("sep_conv_3x3_attn", 0)),
+    g = Genotype(normal=(("sep_conv_3x3_attn", 0), ("skip_connect", 1),
+                         ("dil_conv_3x3_attn", 2), ("sep_conv_3x3_attn", 0)),
                  normal_concat=(2, 3), reduce=(("max_pool_3x3", 0), ("sep_conv_5x5_attn", 1),
                                                ("skip_connect", 2), ("dil_conv_5x5_attn", 1)), reduce_concat=(2, 3))
     g.validate()

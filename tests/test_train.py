@@ -43,7 +43,7 @@ def test_protocol_defaults_follow_darts():
 def test_resume_after_a_stop_gives_bitwise_identical_weights(tmp_path):
     g = get_genotype("DARTS_V2")
     cfg = _tiny_cfg()
-    straight = train(g, cfg, "synthetic:48", out=tmp_path / "straight", device=CPU, quiet=True)
+    train(g, cfg, "synthetic:48", out=tmp_path / "straight", device=CPU, quiet=True)
     part = train(g, cfg, "synthetic:48", out=tmp_path / "split", device=CPU, quiet=True, stop_after=1)
     assert part.loop.stopped_early and part.loop.epochs_done == 1
     assert load_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 0
@@ -89,7 +89,8 @@ def _grey_folder(root: Path, classes=("a", "b"), n=4, size=12):
         for c in classes:
             (root / split / c).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8), "L").save(root / split / c / f"{i}.png")
+                pixels = rng.integers(0, 255, (size, size), dtype=np.uint8)
+                Image.fromarray(pixels, "L").save(root / split / c / f"{i}.png")
     return root
 
 
@@ -148,7 +149,8 @@ def test_cli_resume_refuses_a_foreign_or_missing_checkpoint(tmp_path):
     before = (out / "last.pt").read_bytes()
     for args, message in (
         (["train", "DARTS_V1", *base, "--resume"], "was made with genotype"),
-        (["train", "DARTS_V2", *base, "--resume", "--setting", "cifar100"], "setting=cifar10, but this run asks for setting=cifar100"),
+        (["train", "DARTS_V2", *base, "--resume", "--setting", "cifar100"],
+         "setting=cifar10, but this run asks for setting=cifar100"),
         (["train", "DARTS_V2", *base], "already holds a train run"),
         (["train", "DARTS_V2", *base[:-3], "--out", str(tmp_path / "empty"), "--resume"], "cannot resume"),
     ):

@@ -20,9 +20,10 @@ edgenas version), and a report saying
   test set (top-1 and agreement), and timed (:mod:`~edgenas.export.fp16`);
 * every timed session is checked against the fp32 CPU reference with a bound suited to its
   precision and provider, and GPU sessions are probed for nodes ORT placed on the CPU;
-* with ``precision="int8"`` (or ``quantize="int8"``): ONNX Runtime static quantisation in QDQ form (int8 weights per output
-  channel, int8 activations, MinMax ranges from N training images; the affine scheme of Jacob et
-  al., CVPR 2018), written beside the fp32 file with its own accuracy, time and size.
+* with ``precision="int8"`` (or ``quantize="int8"``): ONNX Runtime static quantisation in QDQ form
+  (int8 weights per output channel, int8 activations, MinMax ranges from N training images; the
+  affine scheme of Jacob et al., CVPR 2018), written beside the fp32 file with its own accuracy,
+  time and size.
 
 Modules: :mod:`~edgenas.export.settings` (options, file and graph names), :mod:`~edgenas.export.trained`
 (checkpoint and test data), :mod:`~edgenas.export.onnx_export` (the ONNX file, its metadata and checker),

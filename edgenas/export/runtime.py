@@ -369,8 +369,8 @@ def export_provider_options(key: str, settings: ExportSettings, device: torch.de
 
 
 def timing_sessions(path: Path, statuses: Sequence[ProviderStatus], settings: ExportSettings,
-                    device: torch.device, threads: int, sample_shape: tuple[int, ...] = (), *,
-                    fp16: bool = False, keys: Sequence[str] | None = None) -> tuple[list[OrtModel], list[ProviderStatus]]:
+                    device: torch.device, threads: int, sample_shape: tuple[int, ...] = (), *, fp16: bool = False,
+                    keys: Sequence[str] | None = None) -> tuple[list[OrtModel], list[ProviderStatus]]:
     """A session per usable provider on the real model (the probe used a one-node model, and a
     provider may still refuse this one: an error if it was asked for by name, a note otherwise).
 

@@ -239,7 +239,8 @@ def _node_options(
             scores.append(sa + sb)
             costs.append([tab[a, oa] + tab[b, ob] for tab in tables])
             labels.append(((a, oa), (b, ob)) if sa >= sb else ((b, ob), (a, oa)))
-    return np.asarray(scores, dtype=np.float64), np.asarray(costs, dtype=np.float64).reshape(len(scores), len(tables)), labels
+    return (np.asarray(scores, dtype=np.float64),
+            np.asarray(costs, dtype=np.float64).reshape(len(scores), len(tables)), labels)
 
 
 def derive(
@@ -274,7 +275,8 @@ def derive(
         log_w = np.log(np.maximum(w, _LOG_FLOOR))
         ew = None if edge_weights is None else edge_weights.get(t)
         if ew is not None:
-            log_w = log_w + np.log(np.maximum(np.asarray(torch.as_tensor(ew).detach().cpu().double()), _LOG_FLOOR))[:, None]
+            ew_np = np.asarray(torch.as_tensor(ew).detach().cpu().double())
+            log_w = log_w + np.log(np.maximum(ew_np, _LOG_FLOOR))[:, None]
         tables = [np.asarray(m.tables[t], dtype=np.float64) for m in models]
         first = 0
         for node in range(steps):
@@ -284,7 +286,8 @@ def derive(
             first += node + 2
 
     fixed = np.array([m.fixed for m in models], dtype=np.float64)
-    mins = np.array([g[3].min(axis=0) if len(models) else np.zeros(0) for g in groups]).reshape(len(groups), len(models))
+    mins = np.array([g[3].min(axis=0) if len(models) else np.zeros(0)
+                     for g in groups]).reshape(len(groups), len(models))
     minimum_total = fixed + mins.sum(axis=0)
     for r, m in enumerate(models):
         if minimum_total[r] > limits[r] * (1 + 1e-12):

@@ -27,7 +27,8 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise EdgenasError(f"cannot read --seeds {text!r}", "give comma-separated integers, e.g. --seeds 0,1,2") from None
+        raise EdgenasError(f"cannot read --seeds {text!r}",
+                           "give comma-separated integers, e.g. --seeds 0,1,2") from None
     if len(seeds) < 2 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise EdgenasError(f"--seeds {text!r} must name at least two distinct non-negative seeds",
                            "e.g. --seeds 0,1,2")
