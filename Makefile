@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make test   -> venv + packages, then the test suite
+#   make lint   -> venv + packages, then ruff with the configuration in pyproject.toml
 #   make demo   -> venv + packages (+ Fashion-MNIST via apt when missing), then the demo chain
 #   make test-gpu -> every needs_cuda test (GPU suite; skipped with its reason where torch sees no GPU)
 PYTHON ?= python3
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.edgenas-installed
 # torch/torchvision come from the machine's local wheel index (no multi-GB download).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install test test-gpu demo clean
+.PHONY: install lint test test-gpu demo clean
 
 install: $(STAMP)
 
@@ -19,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import torch, torchvision, onnxruntime, thop, typer, edgenas"
 	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgenas tests benchmarks scripts
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

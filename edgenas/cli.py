@@ -302,7 +302,6 @@ def profile_cmd(
 
 
 # ------------------------------------------------------------------------------ prune
-# (issue 2)
 def _op_list(values: list[str]) -> list[str]:
     """Repeated options that may also be comma-separated: --keep a --keep b,c."""
     return [n for v in values for n in (p.strip() for p in v.split(",")) if n]
@@ -353,7 +352,6 @@ def prune_cmd(
 
 
 # ------------------------------------------------------------------------------ inspect
-# (issue 3)
 def _parse_hw(text: str) -> tuple[int, int]:
     """``32x32`` or ``32`` -> (H, W)."""
     parts = text.lower().replace(" ", "").split("x")
@@ -491,7 +489,6 @@ def inspect_cmd(
         con.print(f"cell diagrams: {plot_path}", soft_wrap=True)
 
 # ------------------------------------------------------------------------------ train
-# (issue 4)
 @command(app, "train")
 def train_cmd(
     genotype: str = typer.Argument(..., help="Built-in genotype (see `edgenas list genotypes`) or a genotype file."),
@@ -570,7 +567,6 @@ def train_cmd(
     con.print(f"run folder: {result.run}")
 
 # ------------------------------------------------------------------------------ search
-# (issue 5/6)
 @command(list_app, "methods")
 def list_methods(json_out: bool = JsonOpt) -> None:
     """Search methods (--method of `edgenas search`) and their settings."""
@@ -806,7 +802,6 @@ def _print_budget(con: Console, check: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ export
-# (issue 7)
 @command(app, "export")
 def export_cmd(
     source: Path = typer.Argument(..., help="A train run folder (its best.pt, else last.pt) or a checkpoint file."),

@@ -200,7 +200,7 @@ CASES: list[tuple[str, Callable[[Path], list], str]] = [
     ("genotype-header/wrong-format", lambda t: (t.joinpath("g.json").write_text(json.dumps(
         {"format": "mine", "normal": [], "normal_concat": [], "reduce": [], "reduce_concat": []})),
         ["inspect", t / "g.json"])[1], '"format": "edgenas.genotype", "version": 1'),
-    # beyond the list: the same rules on other options
+    # the same rules on other options
     ("non-finite-option/prune-ratio", lambda t: ["prune", "--profile", PROFILE, "--out", t / "s.json",
                                                  "--max-latency-ratio", "nan"], "--max-latency-ratio must be finite"),
     ("non-finite-option/profile-max-seconds", lambda t: ["profile", "--ops", "skip_connect", "--shapes", "4x8x8",

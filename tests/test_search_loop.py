@@ -77,7 +77,7 @@ def test_warm_up_epochs_leave_the_architecture_at_its_initial_values(tmp_path):
     assert not record["arch_updates"] and record["val_loss"] is None
 
 
-def test_history_records_what_the_issue_asks_for(tmp_path):
+def test_history_records_each_epochs_search_state(tmp_path):
     result = run("el_darts", tmp_path / "el", cfg={"warmup_epochs": 1})
     first, second = History.read(tmp_path / "el" / "history.jsonl").records
     assert not first["arch_updates"] and second["arch_updates"] and second["val_loss"] is not None
