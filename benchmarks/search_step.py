@@ -95,22 +95,17 @@ def _reply(obj: dict[str, Any]) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
+def _supernet_step(args: argparse.Namespace, method_name: str, device: Any) -> tuple[Any, Any, tuple[str, ...], bool]:
+    """The method's supernet (seed 0, as a search starts) and its bilevel step, in the layout the
+    search would choose: (network, step, operators, channels_last)."""
     import torch
 
-    import edgenas  # noqa: F401  (first: it sets OpenMP's spin defaults before torch loads the runtime)
-    from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
     from edgenas.search import make_method
     from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
     from edgenas.search.supernet import Supernet, SupernetConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    if device.type == "cpu":
-        keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
     torch.manual_seed(0)
-    method = make_method(args.worker)
+    method = make_method(method_name)
     ops = method.resolve_space(_space(args.ops)).ops
     net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
                              cell_residual=method.cell_residual)
@@ -121,7 +116,20 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     net = Supernet(method, net_cfg, device=device)
     if cl:
         net = net.to(memory_format=torch.channels_last)
-    step = BilevelStep(net, cfg, channels_last=cl)
+    return net, BilevelStep(net, cfg, channels_last=cl), ops, cl
+
+
+def worker(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
+    net, step, ops, cl = _supernet_step(args, args.worker, device)
     g = torch.Generator().manual_seed(1)
     xs = [torch.randn(args.batch, 3, args.hw, args.hw, generator=g).to(device) for _ in range(2)]
     ys = [torch.randint(0, 10, (args.batch,), generator=g).to(device) for _ in range(2)]
@@ -187,27 +195,12 @@ def dist_worker(args: argparse.Namespace) -> dict[str, Any] | None:
 
     from edgenas.device import keep_cpu_memory, resolve_device
     from edgenas.distributed import barrier, init_distributed, shutdown
-    from edgenas.search import make_method
-    from edgenas.search.loop import BilevelStep, SearchConfig, use_channels_last
-    from edgenas.search.supernet import Supernet, SupernetConfig
 
     torch.set_num_threads(args.threads)
     info, device = init_distributed(resolve_device(args.device))
     if device.type == "cpu":
         keep_cpu_memory()
-    torch.manual_seed(0)  # the same supernet on every rank, as a search starts
-    method = make_method(args.dist_worker)
-    ops = method.resolve_space(_space(args.ops)).ops
-    net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
-                             cell_residual=method.cell_residual)
-    method.check(net_cfg)
-    cfg = SearchConfig(batch_size=args.batch, channels=args.channels, layers=args.layers, nodes=args.nodes,
-                       channels_last={"auto": None, "channels_last": True, "contiguous": False}[args.format])
-    cl = use_channels_last(cfg, device)
-    net = Supernet(method, net_cfg, device=device)
-    if cl:
-        net = net.to(memory_format=torch.channels_last)
-    step = BilevelStep(net, cfg, channels_last=cl)
+    net, step, ops, cl = _supernet_step(args, args.dist_worker, device)  # the same supernet on every rank
     per_rank = args.batch // info.world
     g = torch.Generator().manual_seed(1 + info.rank)  # each rank its own shard
     xs = [torch.randn(per_rank, 3, args.hw, args.hw, generator=g).to(device) for _ in range(2)]

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgenas.errors import EdgenasError, VerificationError
-from edgenas.export.onnx_export import metadata
+from edgenas.errors import EdgenasError
+from edgenas.export.onnx_export import metadata, save_checked
 from edgenas.export.runtime import OrtModel, ProviderStatus, _captured_output, reference_session, timing_sessions
 from edgenas.export.settings import FP16_FILE, MODEL_FILE, PARITY_INPUTS, ExportSettings
 from edgenas.export.trained import TrainedNet
@@ -48,15 +48,8 @@ def convert_fp16(fp32_path: Path, out_path: Path, extra_metadata: dict[str, str]
         half = float16.convert_float_to_float16(proto, keep_io_types=True)
     scheme = {"converter": "onnxconverter-common float16.convert_float_to_float16", "keep_io_types": True,
               "inputs_outputs": "float32 (cast at the graph's edges)", "weights": "float16"}
-    del half.metadata_props[:]
-    onnx.helper.set_model_props(half, {**extra_metadata, "edgenas.precision": json.dumps(scheme)})
-    half.producer_name = "edgenas"
-    onnx.save(half, str(out_path))
-    try:
-        onnx.checker.check_model(str(out_path), full_check=True)
-    except Exception as e:
-        raise VerificationError(f"the fp16 model fails onnx.checker: {str(e).splitlines()[0][:200]}",
-                                "export with --precision fp32, and report this") from None
+    save_checked(half, out_path, {**extra_metadata, "edgenas.precision": json.dumps(scheme)}, "the fp16 model",
+                 "export with --precision fp32, and report this")
     return scheme
 
 

@@ -57,6 +57,22 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def save_checked(proto: Any, path: str | Path, props: dict[str, str], what: str, fix: str) -> None:
+    """Write ``proto`` with ``props`` as its only metadata, then run onnx.checker's full check on
+    the file: a model that fails it is never left to be shipped."""
+    import onnx
+
+    proto.producer_name = "edgenas"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.save(proto, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
+        raise VerificationError(f"{what} fails onnx.checker (full check): {str(e).splitlines()[0][:200]}",
+                                fix) from None
+
+
 def _remove_identities(graph: Any) -> int:
     """Drop ``Identity`` nodes (the TorchScript exporter aliases de-duplicated initialisers with
     them) by pointing their consumers at their input; graph outputs keep theirs. Returns how many."""
@@ -141,16 +157,10 @@ def export_onnx(net: TrainedNet, path: str | Path, settings: ExportSettings,
         raise EdgenasError(f"the {settings.exporter} exporter wrote opset {got}, not the {settings.opset} asked for",
                            f"use --opset {got}, or --exporter torchscript for opsets below 18")
     _remove_identities(proto.graph)
-    proto.producer_name, proto.producer_version = "edgenas", __version__
+    proto.producer_version = __version__
     proto.doc_string = f"edgenas evaluation network ({net.cfg.setting}, C={net.cfg.C}, {net.cfg.layers} cells)"
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, metadata(net, extra_metadata))
-    onnx.save(proto, str(path))
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as e:  # onnx.checker.ValidationError, shape-inference errors
-        raise VerificationError(f"the exported model fails onnx.checker (full check): {str(e).splitlines()[0][:200]}",
-                                "report this: the network uses something the exporter writes wrongly") from None
+    save_checked(proto, path, metadata(net, extra_metadata), "the exported model",
+                 "report this: the network uses something the exporter writes wrongly")
     counts: dict[str, int] = {}
     for node in proto.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

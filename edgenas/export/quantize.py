@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from edgenas.errors import EdgenasError, VerificationError
-from edgenas.export.onnx_export import metadata
+from edgenas.errors import EdgenasError
+from edgenas.export.onnx_export import metadata, save_checked
 from edgenas.export.runtime import OrtModel, ProviderStatus, _captured_output, reference_session, timing_sessions
 from edgenas.export.settings import INPUT_NAME, INT8_FILE, MODEL_FILE, PARITY_INPUTS, ExportSettings
 from edgenas.export.trained import TrainedNet
@@ -79,16 +79,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, batc
     activations = "int8, per tensor, symmetric" if for_tensorrt else "uint8, per tensor, asymmetric"
     scheme = {"format": "QDQ", "weights": "int8, per output channel, symmetric", "activations": activations,
               "calibration": "MinMax", "calibration_images": images, "ops": QDQ_OPS}
-    proto = onnx.load(str(out_path))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**extra_metadata, "edgenas.quantization": json.dumps(scheme)})
-    proto.producer_name = "edgenas"
-    onnx.save(proto, str(out_path))
-    try:
-        onnx.checker.check_model(str(out_path), full_check=True)
-    except Exception as e:
-        raise VerificationError(f"the int8 model fails onnx.checker: {str(e).splitlines()[0][:200]}",
-                                "export without --quantize, and report this") from None
+    save_checked(onnx.load(str(out_path)), out_path, {**extra_metadata, "edgenas.quantization": json.dumps(scheme)},
+                 "the int8 model", "export without --quantize, and report this")
     return scheme
 
 
