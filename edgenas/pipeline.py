@@ -258,12 +258,14 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
         raise EdgenasError(f"[profile] batch {cfg.profile.batch} differs from [export] batch {cfg.export.batch}: the "
                            "export compares the profile's prediction with onnxruntime at its own batch",
                            f"set [profile] batch = {cfg.export.batch}")
+    if cfg.profile.mode != "forward":  # the export compares the profile's prediction with inference
+        raise EdgenasError(f"the export predicts inference from the run's profile, but [profile] mode is "
+                           f"{cfg.profile.mode!r}", 'set [profile] mode = "forward"')
     b = cfg.budget
     if b.latency_budget_ms is not None:
-        if cfg.profile.mode != "forward":
-            raise EdgenasError("a latency budget needs forward-mode timings, "
-                               f"but [profile] mode is {cfg.profile.mode!r}",
-                               'set [profile] mode = "forward"')
+        if cfg.profile.dtype != "fp32":
+            raise EdgenasError(f"[profile] dtype is {cfg.profile.dtype!r}, but the exported model a latency budget "
+                               "is checked on is fp32", 'set [profile] dtype = "fp32"')
         if cfg.profile.batch != b.budget_batch:
             raise EdgenasError(f"[profile] batch is {cfg.profile.batch}, but the latency budget is for "
                                f"[budget] budget_batch {b.budget_batch}", "make the two equal")

@@ -501,6 +501,8 @@ def _no_check(_v: Any) -> str | None:
 
 
 _NUMBER = (int, float)
+#: In a field table's last column: the field exists in every version, so no file may leave it out.
+_REQUIRED = object()
 _OPTIONAL_NUMBER = (int, float, type(None))
 
 # A profile is checked by two kinds of table: the field tables say which fields exist, their JSON
@@ -510,42 +512,42 @@ _OPTIONAL_NUMBER = (int, float, type(None))
 
 #: Top-level fields of a profile: (name, JSON type, check, value in a version-1 file).
 PROFILE_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
-    ("device", str, _no_check, None),
+    ("device", str, _no_check, _REQUIRED),
     ("runtime", str, _one_of(RUNTIMES), "eager"),
     ("provider", (str, type(None)), _one_of((*PROVIDERS, None)), None),
-    ("batch", int, _no_check, None),
-    ("dtype", str, _one_of(DTYPES), None),
+    ("batch", int, _no_check, _REQUIRED),
+    ("dtype", str, _one_of(DTYPES), _REQUIRED),
     ("threads", int, _no_check, 0),
-    ("mode", str, _one_of(MODES), None),
+    ("mode", str, _one_of(MODES), _REQUIRED),
     ("load_average_before", _OPTIONAL_NUMBER, _no_check, None),
     ("load_average_after", _OPTIONAL_NUMBER, _no_check, None),
 )
 #: Fields of an operator entry (``latency_ms`` is checked by :data:`LATENCY_FIELDS`).
 ENTRY_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
-    ("op", str, _one_of(OPS), None),
-    ("C", int, _no_check, None),
-    ("H", int, _no_check, None),
-    ("W", int, _no_check, None),
-    ("stride", int, _one_of((1, 2)), None),
-    ("memory_bytes", int, _no_check, None),
-    ("memory_kind", str, _no_check, None),
-    ("macs", int, _no_check, None),
-    ("params", int, _no_check, None),
+    ("op", str, _one_of(OPS), _REQUIRED),
+    ("C", int, _no_check, _REQUIRED),
+    ("H", int, _no_check, _REQUIRED),
+    ("W", int, _no_check, _REQUIRED),
+    ("stride", int, _one_of((1, 2)), _REQUIRED),
+    ("memory_bytes", int, _no_check, _REQUIRED),
+    ("memory_kind", str, _no_check, _REQUIRED),
+    ("macs", int, _no_check, _REQUIRED),
+    ("params", int, _no_check, _REQUIRED),
     ("stable", bool, _no_check, True),
     ("attempts", int, _no_check, 1),
 )
 #: Fields of a fixed part.
 PART_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
-    ("setting", str, _one_of(PROFILE_SETTINGS), None),
-    ("C", int, _no_check, None),
-    ("layers", int, _no_check, None),
-    ("H", int, _no_check, None),
-    ("W", int, _no_check, None),
-    ("num_classes", int, _no_check, None),
-    ("in_channels", int, _no_check, None),
+    ("setting", str, _one_of(PROFILE_SETTINGS), _REQUIRED),
+    ("C", int, _no_check, _REQUIRED),
+    ("layers", int, _no_check, _REQUIRED),
+    ("H", int, _no_check, _REQUIRED),
+    ("W", int, _no_check, _REQUIRED),
+    ("num_classes", int, _no_check, _REQUIRED),
+    ("in_channels", int, _no_check, _REQUIRED),
     ("steps", int, _no_check, STEPS),
-    ("network_ms", _NUMBER, _no_check, None),
-    ("reference_ops_ms", _NUMBER, _no_check, None),
+    ("network_ms", _NUMBER, _no_check, _REQUIRED),
+    ("reference_ops_ms", _NUMBER, _no_check, _REQUIRED),
     ("stable", bool, _no_check, True),
     ("attempts", int, _no_check, 1),
 )
@@ -575,11 +577,12 @@ _COST_RULES: tuple[FieldRule, ...] = (
     FieldRule("params", minimum=0, integer=True),
     FieldRule("attempts", minimum=1, integer=True, required=False),
 )
-#: A measured operator never takes zero time: a zero or negative entry would make any budget "met".
+#: An eager operator never takes zero time: a zero or negative entry would make any budget "met".
 ENTRY_RULES: tuple[FieldRule, ...] = (*KEY_RULES, *_latency_rules(None, 0), *_COST_RULES)
-#: The one exception: an identity (stride-1 skip_connect) that a compiled runtime removes from the
-#: graph runs no node at all, and is recorded as exactly zero.
-IDENTITY_ENTRY_RULES: tuple[FieldRule, ...] = (*KEY_RULES, *_latency_rules(0, None), *_COST_RULES)
+#: An ONNX Runtime entry is what one more instance adds to a graph of copies, less the graph's own
+#: call: a node the runtime removes (the stride-1 identity) or one cheaper than the timing's
+#: resolution is recorded as exactly zero, never below.
+ORT_ENTRY_RULES: tuple[FieldRule, ...] = (*KEY_RULES, *_latency_rules(0, None), *_COST_RULES)
 #: A fixed part is the network less its stand-in operators: it may be zero, never negative.
 PART_RULES: tuple[FieldRule, ...] = (
     *(FieldRule(k, minimum=1, integer=True) for k in ("C", "layers", "H", "W", "num_classes", "in_channels")),
@@ -590,9 +593,8 @@ PART_RULES: tuple[FieldRule, ...] = (
 )
 
 
-def _entry_rules(d: dict[str, Any], runtime: str) -> tuple[FieldRule, ...]:
-    identity = runtime == "ort" and d.get("op") == "skip_connect" and d.get("stride") == 1
-    return IDENTITY_ENTRY_RULES if identity else ENTRY_RULES
+def _entry_rules(runtime: str) -> tuple[FieldRule, ...]:
+    return ORT_ENTRY_RULES if runtime == "ort" else ENTRY_RULES
 
 
 def _remeasure(d: Any, path: Any) -> str:
@@ -609,7 +611,7 @@ def _fields(doc: Any, table: Sequence[tuple[str, Any, Callable[[Any], str | None
         raise EdgenasError(f"{where}: should be an object", fix)
     out: dict[str, Any] = {}
     for name, kind, check, old in table:
-        if name not in doc and (legacy or old is not None):
+        if name not in doc and old is not _REQUIRED and (legacy or old is not None):
             out[name] = old
             continue
         value = require(doc, name, kind, where)
@@ -648,7 +650,7 @@ def _settings(doc: dict[str, Any], path: Any) -> ProfileSettings:
 def _entry(d: Any, i: int, path: Any, runtime: str, legacy: bool) -> ProfileEntry:
     where, fix = f"{path} (entries[{i}])", _remeasure(d, path)
     f = _fields(d, ENTRY_FIELDS, where, legacy, fix)
-    check_record(d, _entry_rules(d, runtime), f"{where} {f['op']}", fix)
+    check_record(d, _entry_rules(runtime), f"{where} {f['op']}", fix)
     return ProfileEntry(ShapeKey(f["op"], f["C"], f["H"], f["W"], f["stride"]), _latency(d, where),
                         f["memory_bytes"], f["memory_kind"], f["macs"], f["params"], f["stable"], f["attempts"])
 
@@ -1090,7 +1092,9 @@ def measure_entries(
             torch.cuda.empty_cache()
             skipped.append(Skipped(k, f"out of memory at batch {batch} ({runtime.dtype_name} on {device}): "
                                       f"{_first_line(e)}"))
-        except (RuntimeError, NotImplementedError) as e:
+        except Exception as e:  # onnxruntime raises its own exception classes, not RuntimeError
+            if not isinstance(e, (RuntimeError, NotImplementedError)) and not isinstance(runtime, OrtRuntime):
+                raise
             if device.type == "cuda" and is_sticky_cuda_error(e):
                 raise EdgenasError(
                     f"CUDA error while measuring {k}, after which the GPU context is unusable: {_first_line(e)}",

@@ -314,3 +314,51 @@ def test_benchmark_helpers():
         assert "none" not in g.ops()
         for cell in (g.normal, g.reduce):  # two distinct inputs per node
             assert all(cell[2 * n][1] != cell[2 * n + 1][1] for n in range(4))
+
+
+def test_an_ort_entry_of_zero_loads_and_an_eager_one_does_not(tmp_path):
+    """An ONNX Runtime entry is an increment over a graph of copies, clamped at zero: a cheap
+    operator may measure exactly 0 there. An eager operator never takes zero time."""
+    zero = ProfileEntry(ShapeKey("max_pool_3x3", 4, 8, 8, 2), TimingStats(0.0, 0.0, 0.001, 0.0, 0.0, 5), 0, "x", 0,
+                        0)
+    path = tmp_path / "p.json"
+    _fake(entries=[zero]).save(path)
+    assert load_profile(path).entries[0].latency.median == 0.0
+    _fake(entries=[zero], runtime="eager", provider=None).save(path)
+    with pytest.raises(EdgenasError, match="latency_ms.median 0 is out of range"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("field", ["device", "dtype", "mode"])
+def test_a_version_1_profile_without_a_field_every_version_has_is_refused(tmp_path, field):
+    doc = _fake().to_dict()
+    for key in ("runtime", "provider", "threads", "parts", "units", "load_average_before", "load_average_after",
+                field):
+        doc.pop(key)
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "edgenas.profile", "version": 1, **doc}))
+    with pytest.raises(EdgenasError, match=f"'{field}'"):
+        load_profile(path)
+
+
+def test_an_onnxruntime_failure_is_a_skipped_entry(monkeypatch):
+    """onnxruntime raises its own exception classes (not RuntimeError): one failing entry is
+    skipped with its reason, the others are measured."""
+    from edgenas.profiling import measure_entries
+
+    class OrtFailure(Exception):
+        pass
+
+    rt = make_runtime("ort", CPU, provider="cpu", settings=QUICK)
+    real = rt.time_op
+
+    def time_op(key, build, batch):
+        if key.C == 8:
+            raise OrtFailure("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code")
+        return real(key, build, batch)
+
+    monkeypatch.setattr(rt, "time_op", time_op)
+    keys = [ShapeKey("max_pool_3x3", 4, 8, 8, 1), ShapeKey("max_pool_3x3", 8, 8, 8, 1)]
+    entries, skipped = measure_entries(keys, rt, batch=1, mode="forward")
+    assert [e.key for e in entries] == [keys[0]] and [s.key for s in skipped] == [keys[1]]
+    assert "RUNTIME_EXCEPTION" in skipped[0].reason

@@ -205,3 +205,19 @@ def test_run_report_export_section_has_the_budget_line(straight_run: Path) -> No
     blocks = _export(exp, None)
     assert "Latency budget: the exported model does NOT meet 1e-06 ms as measured" in " ".join(
         b for b in blocks if isinstance(b, str))
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: t.replace("[profile]\n", '[profile]\nmode = "train"\n', 1), r"\[profile\] mode is 'train'"),
+    (lambda t: t.replace("[profile]\n", '[profile]\ndtype = "fp16"\n', 1)
+     .replace("[budget]\n", '[budget]\nlatency_budget = "50ms"\n', 1), r"\[profile\] dtype is 'fp16'"),
+])
+def test_profile_settings_the_export_would_refuse_stop_the_run_before_any_stage(tmp_path: Path, edit,
+                                                                                needle) -> None:
+    """The export refuses a train-mode profile, and an fp16 one for a latency budget: a run is
+    refused for them before the first stage, not after minutes of searching and training."""
+    path = _config(tmp_path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(EdgenasError, match=needle):
+        run_pipeline(load_config(path, {}), tmp_path / "run", device=CPU, quiet=True)
+    assert not (tmp_path / "run" / "profile.json").exists()
