@@ -224,3 +224,21 @@ def test_profile_on_cuda(tmp_path):
     doc = json.loads(out.read_text())
     assert {e["memory_kind"] for e in doc["entries"]} == {"cuda_peak_allocated_above_baseline"}
     assert "driver" in doc["environment"]["nvml"]
+
+
+def test_prune_reads_this_devices_deployment_profile_by_default(tiny_profile, tmp_path, monkeypatch):
+    """Without --profile, prune reads profiles/<this device>-ort.json (what profile writes by
+    default), and says how to make it when it is not there."""
+    import shutil
+
+    d, _ = tiny_profile
+    monkeypatch.chdir(tmp_path)
+    missing = run("prune", "--out", "space.json")
+    assert_clean_failure(missing, "does not exist")
+    assert "edgenas profile" in missing.stderr and not (tmp_path / "space.json").exists()
+    slug = device_slug(torch.device("cpu"))
+    (tmp_path / "profiles").mkdir()
+    shutil.copy(d / "p.json", tmp_path / "profiles" / f"{slug}-ort.json")
+    r = run("prune", "--out", "space.json", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["profile"].endswith(f"{slug}-ort.json")
