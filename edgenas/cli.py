@@ -360,12 +360,6 @@ def _parse_hw(text: str) -> tuple[int, int]:
     return (int(parts[0]), int(parts[-1]))
 
 
-def _genotype_label(spec: str) -> str:
-    from edgenas.genotypes import GENOTYPES
-
-    return spec if spec in GENOTYPES else Path(spec).stem or "genotype"
-
-
 @command(app, "inspect")
 def inspect_cmd(
     genotype: str = typer.Argument(..., help="Built-in genotype (see `edgenas list genotypes`), a genotype "
@@ -408,7 +402,9 @@ def inspect_cmd(
         from edgenas.profiling import load_profile
 
         prof = load_profile(profile)
-    label = _genotype_label(genotype)
+    from edgenas.genotypes import genotype_label
+
+    label = genotype_label(genotype)
     plot_path = plot / f"{label}_cells.png" if plot is not None else None
     if plot_path is not None:
         from edgenas.files import ensure_writable
@@ -534,8 +530,8 @@ def train_cmd(
 
     from edgenas.device import resolve_device
     from edgenas.distributed import dist_from_env
-    from edgenas.genotypes import load_genotype
-    from edgenas.train import TrainConfig, default_run_folder, genotype_label, protocol_defaults, train
+    from edgenas.genotypes import genotype_label, load_genotype
+    from edgenas.train import TrainConfig, default_run_folder, protocol_defaults, train
 
     given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
              "momentum": momentum, "weight_decay": weight_decay, "auxiliary_weight": auxiliary_weight,

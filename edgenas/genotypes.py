@@ -366,3 +366,8 @@ def load_genotype(spec: str | Path) -> Genotype:
         return Genotype.from_dict(doc, str(path))
     return parse_literal(text, str(path))
 
+
+def genotype_label(spec: str) -> str:
+    """A short name for a genotype spec (what a run folder or export is named after): the built-in
+    name, or a file's stem."""
+    return spec if spec in GENOTYPES else Path(spec).stem or "genotype"

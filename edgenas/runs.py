@@ -22,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from torch import nn
 from edgenas.device import keep_cpu_memory
 from edgenas.distributed import DistInfo, all_reduce_sum, gather_objects
 from edgenas.errors import EdgenasError
-from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, read_json, write_json, write_text_atomic
+from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, write_json, write_text_atomic
 from edgenas.values import check_seed
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
@@ -238,9 +238,6 @@ class RunDir:
     def write_config(self, kind: str, config: Mapping[str, Any]) -> Path:
         return write_json(self.config, RUN_FORMAT, RUN_VERSION, {"kind": kind, "config": dict(config)})
 
-    def read_config(self) -> dict[str, Any]:
-        return read_json(self.config, RUN_FORMAT, RUN_VERSION, "run config")
-
 
 def _legacy_kind(root: Path) -> str | None:
     """The kind of a run folder written before folders carried a marker (from its config.json)."""
@@ -286,9 +283,6 @@ class LoopProgress:
         for item in items:
             yield item
             self._progress.advance(self._batch)
-
-    def set_info(self, text: str) -> None:
-        self._progress.update(self._batch, info=text)
 
     def epoch_done(self, summary: str) -> None:
         self._progress.update(self._batch, visible=False)
@@ -456,7 +450,6 @@ class LoopResult:
     best: dict[str, Any] | None
     epochs_done: int          # epochs finished in total (including those before a resume)
     stopped_early: bool       # stop_after ended this invocation before the last epoch
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 EpochFn = Callable[[int, LoopProgress], dict[str, Any]]
@@ -474,8 +467,6 @@ def run_epochs(
     device: torch.device,
     resume: bool = False,
     best: BestRule | None = None,
-    extra_state: Callable[[], dict[str, Any]] | None = None,
-    on_resume: Callable[[dict[str, Any]], None] | None = None,
     summary: Callable[[dict[str, Any]], str] | None = None,
     on_epoch_end: Callable[[History], None] | None = None,
     stop_after: int | None = None,
@@ -487,8 +478,7 @@ def run_epochs(
     ``stateful`` names every object whose ``state_dict`` must survive a restart (model, optimisers,
     scheduler, ...); ``identity`` is the part of ``config`` a resumed run must share (a mismatch is
     an error naming the field). ``epoch_fn`` returns the epoch's record (plain numbers); the loop
-    adds ``epoch`` and ``seconds``. ``extra_state()`` adds run-specific data to each checkpoint
-    (e.g. the derived genotype), handed back through ``on_resume(checkpoint)``. ``stop_after``
+    adds ``epoch`` and ``seconds``. ``stop_after``
     ends this invocation after that many epochs, as a kill would (for tests and time-boxed jobs).
     Only rank 0 writes files; all ranks run the same epochs.
     """
@@ -517,8 +507,6 @@ def run_epochs(
         history = History(run.history, ckpt.get("history", []))
         if dist_info.main and best is not None:
             repair_best(run, ckpt)
-        if on_resume is not None:
-            on_resume(ckpt)
     if dist_info.main:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_config(kind, config)
@@ -546,7 +534,6 @@ def run_epochs(
                     "rng": rng_states,
                     "history": history.records,
                     "best": best_record,
-                    **(extra_state() if extra_state else {}),
                 }
                 # best.pt before last.pt: a kill between the two leaves best.pt one epoch ahead of
                 # last.pt, and the resumed (deterministic) epoch rewrites both; last.pt never names a

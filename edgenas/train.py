@@ -27,7 +27,7 @@ from edgenas.data import DataBundle, describe, load_data, make_loader, parse_dat
 from edgenas.device import amp_for_capability
 from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
-from edgenas.genotypes import GENOTYPES, Genotype
+from edgenas.genotypes import Genotype, genotype_label
 from edgenas.nets import NetConfig, build_network, default_config
 from edgenas.runs import (
     BestRule,
@@ -127,11 +127,6 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
     dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     channels_last = cfg.channels_last if cfg.channels_last is not None else True
     return Precision(amp=dtype, channels_last=channels_last)
-
-
-def genotype_label(spec: str) -> str:
-    """A short name for a genotype spec: the built-in name, or a file's stem."""
-    return spec if spec in GENOTYPES else Path(spec).stem or "genotype"
 
 
 @dataclass

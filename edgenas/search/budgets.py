@@ -475,11 +475,6 @@ class BudgetPlan:
         c = self.cfg
         return f"{c.setting} (C={c.C}, {c.layers} cells, {c.input_hw[0]}x{c.input_hw[1]})"
 
-    def expected_costs(self, op_weights, edge_weights) -> dict[str, float]:
-        """Expected cost of the relaxed architecture per budget (logged each epoch)."""
-        with torch.no_grad():
-            return {name: float(b.model.expected(op_weights, edge_weights)) for name, b in self.budgets.items()}
-
     def measure(self, genotype: Genotype) -> dict[str, Any]:
         """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
         from edgenas.costs import network_macs
