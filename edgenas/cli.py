@@ -695,14 +695,16 @@ def search_cmd(
     con = out_console(json_out, quiet)
     main_rank = dist_from_env().main
 
+    checks: dict[Path, dict[str, Any]] = {}  # budget.json of each finished run, built once
+
     def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> Any:
         result = search(chosen, given_space, run_cfg, data, out=run_dir, device=dev,
                         resume=resume_run, stop_after=stop_after, quiet=quiet or not main_rank,
                         space_source=str(space) if space is not None else None,
                         penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
         if main_rank and plan is not None and not result.loop.stopped_early:
-            write_json(result.run / "budget.json", BUDGET_FORMAT, 1,
-                       plan.report_from_record(result.loop.history.records[-1]))
+            checks[result.run] = plan.report_from_record(result.loop.history.records[-1])
+            write_json(result.run / "budget.json", BUDGET_FORMAT, 1, checks[result.run])
         return result
 
     if seed_list is not None:
@@ -724,8 +726,8 @@ def search_cmd(
     if not main_rank:
         return
     summary = result.summary()
-    if plan is not None and not result.loop.stopped_early:
-        summary["budget"] = plan.report_from_record(result.loop.history.records[-1])
+    if result.run in checks:
+        summary["budget"] = checks[result.run]
     if json_out:
         emit_json(summary)
         return

@@ -128,6 +128,7 @@ class ImageTensors(torch.utils.data.Dataset):
         self.augment = augment
         self._resident: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
         self._stager: _PinnedStager | None = None
+        self._placed_on: torch.device | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -175,7 +176,8 @@ class ImageTensors(torch.utils.data.Dataset):
         """
         if device.type != "cuda":
             return self.images.index_select(0, indices), self.labels.index_select(0, indices)
-        if self._resident is None or self._resident[0] != device:
+        if self._placed_on != device:  # decided once per device: asking for free memory syncs
+            self._placed_on = device
             free = torch.cuda.mem_get_info(device)[0]
             if self.images.nbytes + self.labels.nbytes <= RESIDENT_FRACTION * free:
                 self._resident = (device, self.images.to(device), self.labels.to(device))
@@ -262,11 +264,12 @@ class AugmentDraws:
     def take(self, indices: torch.Tensor, device: torch.device) -> AugmentDraws:
         """The draws of the images at ``indices``, moved to ``device`` in one transfer (from pinned
         memory on a GPU, so the copy does not block the host)."""
-        parts = [t for t in (self.crop, None if self.flip is None else self.flip[None].long(), self.cutout)
-                 if t is not None]
+        # the batch's columns first: joining the whole epoch's draws would cost O(set size) per batch
+        parts = [t.index_select(-1, indices).view(-1, len(indices)).long()
+                 for t in (self.crop, self.flip, self.cutout) if t is not None]
         if not parts:
             return self
-        rows = torch.cat(parts).index_select(1, indices)
+        rows = torch.cat(parts)
         if device.type == "cuda":
             rows = rows.pin_memory().to(device, non_blocking=True)
         else:

@@ -239,6 +239,13 @@ def check_rerun(out: Path, saved: dict[str, Any], cfg: PipelineConfig, state: St
                                    "rerun with the settings it used, or choose another --out for the new ones")
 
 
+def budget_for_training(cfg: PipelineConfig) -> Any:
+    """The [budget] table for the network this run trains and exports: the [train] width and depth
+    fill whatever it leaves unset."""
+    b = cfg.budget
+    return dataclasses.replace(b, channels=b.channels or cfg.train.channels, layers=b.layers or cfg.train.layers)
+
+
 def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
     """Everything about the later stages that can be known before the first one runs: the method
     and its settings, the supernet it builds, the budgets' feasibility and consistency."""
@@ -272,8 +279,7 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
     if b.mac_budget is not None:  # the latency model needs the profile this run measures
         from edgenas.search.budgets import plan_budgets_for_data
 
-        spec = dataclasses.replace(b, latency_budget_ms=None, channels=b.channels or cfg.train.channels,
-                                   layers=b.layers or cfg.train.layers)
+        spec = dataclasses.replace(budget_for_training(cfg), latency_budget_ms=None)
         plan_budgets_for_data(spec, cfg.data, space.ops, s.nodes, profile_path=None, device=device, seed=cfg.seed)
 
 
@@ -401,13 +407,11 @@ class _Stages:
         return True
 
     def _budget_plan(self, ops: tuple[str, ...]) -> Any:
-        """Budgets refer to the network this run trains and exports: the [train] width and depth
-        fill whatever the [budget] table leaves unset."""
+        """Budgets refer to the network this run trains and exports (:func:`budget_for_training`)."""
         from edgenas.search.budgets import plan_budgets_for_data
 
-        t, spec = self.cfg.train, self.cfg.budget
-        spec = dataclasses.replace(spec, channels=spec.channels or t.channels, layers=spec.layers or t.layers,
-                                   profile_missing=True)  # the run measures on the device it profiled
+        # the run measures what its profile lacks on the device it profiled
+        spec = dataclasses.replace(budget_for_training(self.cfg), profile_missing=True)
         return plan_budgets_for_data(spec, self.cfg.data, ops, self.cfg.search.nodes,
                                      profile_path=self.profile_path, device=self.device, seed=self.cfg.seed)
 

@@ -41,10 +41,10 @@ in the heap while measuring (:func:`edgenas.device.keep_cpu_memory`).
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import statistics
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +60,7 @@ from edgenas.costs import MAC_CONVENTION, count_macs, count_params
 from edgenas.device import (
     DTYPES,
     TimingStats,
+    calls_per_sample,
     device_slug,
     environment,
     is_sticky_cuda_error,
@@ -67,7 +68,7 @@ from edgenas.device import (
     resolve_dtype,
     sample_clocks,
     synchronize,
-    time_once,
+    time_calls,
 )
 from edgenas.errors import EdgenasError
 from edgenas.export.onnx_export import _remove_identities
@@ -296,7 +297,7 @@ def timed(run: Callable[[int], float], settings: ProfileSettings) -> Measured:
     that the spread stays wide, the attempt is repeated and, failing that, flagged.
     """
     per_call = _warm_up(run, settings)
-    inner = max(1, math.ceil(settings.sample_ms / max(per_call, 1e-6)))
+    inner = calls_per_sample(per_call, settings.sample_ms, max_calls=sys.maxsize)
     best: TimingStats | None = None
     for attempt in range(1, settings.attempts + 1):
         stats = _attempt(run, inner, settings)
@@ -627,12 +628,8 @@ def _fields(doc: Any, table: Sequence[tuple[str, Any, Callable[[Any], str | None
 
 
 def _latency(d: dict[str, Any], where: str) -> TimingStats:
+    # every field's presence, type and range was checked by the record's rule table
     lat = require(d, "latency_ms", dict, where)
-    missing = [k for k in LATENCY_FIELDS if k not in lat]
-    if missing:
-        raise EdgenasError(f"{where}: field 'latency_ms' lacks {missing[0]!r}", "regenerate the profile")
-    if not all(isinstance(lat[k], _NUMBER) and not isinstance(lat[k], bool) for k in LATENCY_FIELDS):
-        raise EdgenasError(f"{where}: field 'latency_ms' should hold numbers", "regenerate the profile")
     return TimingStats(**{k: lat[k] for k in LATENCY_FIELDS})
 
 
@@ -828,10 +825,7 @@ class EagerRuntime:
         fn()  # raises here if the device cannot run this module/dtype at all
 
         def run(n: int) -> float:
-            def calls() -> None:
-                for _ in range(n):
-                    fn()
-            return time_once(calls, self.device)
+            return time_calls(fn, self.device, n) * n
 
         return timed(run, self.settings)
 
@@ -1053,14 +1047,15 @@ def available_memory(device: torch.device) -> int:
 def check_fits(keys: Sequence[ShapeKey], device: torch.device, *, batch: int, itemsize: int, mode: str) -> None:
     """Refuse, before measuring anything, a shape whose activations cannot fit in free memory:
     the allocation would fail mid-run (or the OS would kill the process)."""
+    if not keys:
+        return
+    k = max(keys, key=lambda k: k.C * k.H * k.W)  # if the largest fits, every smaller one does
     free = available_memory(device)
-    for k in sorted(keys, key=lambda k: -k.C * k.H * k.W):
-        need = batch * k.C * k.H * k.W * itemsize * ACTIVATION_COPIES[mode]
-        if need > free:
-            raise EdgenasError(f"shape {k.shape} at batch {batch} needs about {need / 2**30:,.1f} GiB of activations "
-                               f"({device} has {free / 2**30:,.1f} GiB free)",
-                               "profile smaller shapes or a smaller --batch")
-        return  # the largest fits, so every smaller one does
+    need = batch * k.C * k.H * k.W * itemsize * ACTIVATION_COPIES[mode]
+    if need > free:
+        raise EdgenasError(f"shape {k.shape} at batch {batch} needs about {need / 2**30:,.1f} GiB of activations "
+                           f"({device} has {free / 2**30:,.1f} GiB free)",
+                           "profile smaller shapes or a smaller --batch")
 
 
 def measure_entries(
@@ -1077,7 +1072,7 @@ def measure_entries(
     for k in keys:  # fail on bad input before spending a minute measuring
         _check_key(k)
     device = runtime.device
-    itemsize = torch.empty((), dtype=resolve_dtype(runtime.dtype_name)).element_size()
+    itemsize = resolve_dtype(runtime.dtype_name).itemsize
     check_fits(keys, device, batch=batch, itemsize=itemsize, mode=mode)
     costs = {k: _costs(k, mode) for k in keys}
     entries: list[ProfileEntry] = []
@@ -1136,8 +1131,8 @@ def measure_parts(
         if skipped:
             raise EdgenasError(f"cannot time the reference network of {NetKey.of(cfg)}: {skipped[0].reason}",
                                "choose another --dtype or --provider")
-        table = {**known, **{e.key: e.latency.median for e in got}}
-        ops_ms = sum(table[k] for k in keys)
+        known.update((e.key, e.latency.median) for e in got)  # a later setting reuses them
+        ops_ms = sum(known[k] for k in keys)
         net = build_network(REFERENCE_GENOTYPE, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
         m = runtime.time(net, cfg.input_shape, batch)
         s = m.stats
@@ -1177,8 +1172,6 @@ def profile_ops(
         raise EdgenasError("fixed parts are inference costs; a train-mode profile has none",
                            "drop --setting, or profile --mode forward")
     keys = [ShapeKey(op, s.C, s.H, s.W, s.stride) for s in shapes for op in ops]
-    for k in keys:
-        _check_key(k)
     if device.type == "cpu" and settings.keep_cpu_memory:
         keep_cpu_memory()
     load_before = load_average()

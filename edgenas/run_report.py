@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edgenas.files import write_text_atomic
-from edgenas.search.decisiveness import UNDECIDED_NOTE
+from edgenas.search.decisiveness import undecided_note
 
 
 @dataclass
@@ -116,8 +116,9 @@ def decisiveness_blocks(hist: list[dict[str, Any]]) -> list[Block]:
     text = (f"Decisiveness: an edge counts as decided when its strongest operator's weight leads the second's "
             f"by at least {dec['threshold']} (over the operators derivation can pick); "
             f"{_f(100 * share, 0) if share is not None else '-'}% of the derived genotype's edges are decided.")
-    if dec.get("mostly_undecided"):
-        text += f" **Warning: {UNDECIDED_NOTE}.**"
+    note = undecided_note(dec)
+    if note:
+        text += f" **Warning: {note}.**"
     return [text]
 
 
@@ -292,8 +293,9 @@ def collect(out: Path) -> dict[str, Any]:
     dec = shist[-1].get("decisiveness") if shist else None
     if dec:
         summary["search_decided_share"] = dec.get("chosen_decided_share")
-        if dec.get("mostly_undecided"):
-            summary["search_note"] = UNDECIDED_NOTE
+        note = undecided_note(dec)
+        if note:
+            summary["search_note"] = note
     thist = _read_jsonl(out / "train" / "history.jsonl")
     if thist:
         summary["test_top1"] = thist[-1].get("test_top1")

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgenas.device import TimingStats, benchmark
+from edgenas.device import DTYPES, TimingStats, benchmark
 from edgenas.export.runtime import OrtModel
 from edgenas.export.settings import ExportSettings
 
@@ -67,7 +67,7 @@ def time_torch(model: nn.Module, device: torch.device, batch: int, shape: tuple[
 
     stats = benchmark(call, device, runs=settings.runs, max_seconds=settings.max_seconds,
                       min_warmup=min(3, settings.max_warmup), max_warmup=settings.max_warmup)
-    kind = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    kind = next(name for name, d in DTYPES.items() if d == dtype)
     return Timing("pytorch-eager", kind, None, str(device), batch, stats,
                   torch.get_num_threads() if device.type == "cpu" else 0,
                   {"no_grad": True, "memory_format": "contiguous (NCHW)", "dtype": str(dtype).removeprefix("torch.")})

@@ -54,6 +54,11 @@ def edge_inputs(steps: int) -> list[tuple[int, int]]:
     return [(node, i) for node in range(steps) for i in range(node + 2)]
 
 
+def real_ops(ops: Sequence[str]) -> list[int]:
+    """Column indices of the operators derivation can pick (all but ``none``)."""
+    return [j for j, op in enumerate(ops) if not get_op(op).is_zero]
+
+
 def num_edges(steps: int) -> int:
     return steps * (steps + 3) // 2
 
@@ -121,7 +126,7 @@ class CostModel:
         blocking host-to-device copies."""
         key = (t, device, dtype)
         if key not in self._cache:
-            keep = [j for j, op in enumerate(self.ops) if not get_op(op).is_zero]
+            keep = real_ops(self.ops)
             inputs = [i for _, i in edge_inputs(self.steps)]
             uniform = [1.0 / (n + 2) for n, _ in edge_inputs(self.steps)]
             self._cache[key] = (torch.tensor(keep, dtype=torch.long, device=device),
@@ -257,7 +262,7 @@ def derive(
     Raises :class:`BudgetInfeasible` (naming the least achievable cost) when no genotype fits.
     """
     ops = tuple(ops)
-    keep_ops = [j for j, op in enumerate(ops) if not get_op(op).is_zero]
+    keep_ops = real_ops(ops)
     if not keep_ops:
         raise EdgenasError("the search space has no operator other than 'none'",
                            "keep at least one real operator in the space")

@@ -33,8 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgenas.genotypes import Genotype
-from edgenas.ops import get_op
-from edgenas.search.budgets import CELL_TYPES, edge_inputs
+from edgenas.search.budgets import CELL_TYPES, edge_inputs, real_ops
 
 #: An edge whose strongest operator leads the second by less than this (in weight, after dropping
 #: ``none``) is undecided: see the module docstring for where the value comes from.
@@ -47,11 +46,6 @@ AGREEMENT_KINDS = ("inputs", "operators", "edges")
 
 
 # --- decisiveness ---------------------------------------------------------------------------------
-
-def real_ops(ops: Sequence[str]) -> list[int]:
-    """Column indices of the operators derivation can pick (all but ``none``)."""
-    return [j for j, op in enumerate(ops) if not get_op(op).is_zero]
-
 
 def edge_margins_entropies(weights: Any, ops: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(margin, normalised entropy) per edge of an (edges, ops) weight matrix, over the real operators."""
@@ -227,7 +221,12 @@ def agreement_report(genotypes: Sequence[Genotype], ops: Sequence[str],
     return {"seeds": len(genotypes), **seen, "random": chance, "ratio_to_random": ratio}
 
 
-__all__ = ["AGREEMENT_KINDS", "DECIDED_MARGIN", "DECIDED_SHARE", "UNDECIDED_NOTE", "agreement_report",
+__all__ = ["AGREEMENT_KINDS", "DECIDED_MARGIN", "DECIDED_SHARE", "UNDECIDED_NOTE", "undecided_note", "agreement_report",
            "chosen_edges", "decisiveness", "edge_margins_entropies", "genotype_agreement", "node_agreement",
            "random_agreement_exact", "random_agreement_sampled", "random_genotype", "sample_random_genotypes",
            "summary_line"]
+
+
+def undecided_note(dec: Mapping[str, Any] | None) -> str | None:
+    """The report's warning when the derived genotype is mostly undecided, else ``None``."""
+    return UNDECIDED_NOTE if dec and dec.get("mostly_undecided") else None

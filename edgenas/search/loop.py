@@ -64,7 +64,7 @@ from edgenas.runs import (
     topk_correct,
 )
 from edgenas.search.budgets import CELL_TYPES, derive
-from edgenas.search.decisiveness import UNDECIDED_NOTE, decisiveness
+from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
@@ -245,13 +245,15 @@ class BilevelStep:
         shards = self._shards(len(y))
         logits: torch.Tensor | None = None
         logged: dict[str, torch.Tensor] = {}
+        n = len(shards)  # one shard (no --accumulate): no extra kernels in the step
         for part in shards:
             with freeze(self.weights):
                 total, part_logits, terms = self.arch_loss(x[part], y[part], epoch)
-            (total / len(shards)).backward()
+            (total / n if n > 1 else total).backward()
             logits = _place(logits, part_logits.detach(), part, len(y))
             for k, v in terms.items():  # per-shard means, averaged as the ranks' means are
-                logged[k] = logged.get(k, 0.0) + v.detach() / len(shards)
+                v = v.detach() / n if n > 1 else v.detach()
+                logged[k] = logged[k] + v if k in logged else v
         average_gradients(self.arch)
         self.a_opt.step()
         assert logits is not None
@@ -261,19 +263,21 @@ class BilevelStep:
         self.w_opt.zero_grad(set_to_none=True)
         shards = self._shards(len(y))
         logits: torch.Tensor | None = None
-        mean_loss = torch.zeros((), device=y.device)
+        mean_loss: torch.Tensor | None = None
         for part in shards:
             with freeze(self.arch):
                 part_logits = self.net(self._input(x[part]))
-            loss = nn.functional.cross_entropy(part_logits, y[part]) / len(shards)
+            loss = nn.functional.cross_entropy(part_logits, y[part])
+            if len(shards) > 1:
+                loss = loss / len(shards)
             loss.backward()
             logits = _place(logits, part_logits.detach(), part, len(y))
-            mean_loss = mean_loss + loss.detach()
+            mean_loss = loss.detach() if mean_loss is None else mean_loss + loss.detach()
         # averaged before clipping: every rank clips the same global-batch gradient by the same norm
         average_gradients(self.weights)
         nn.utils.clip_grad_norm_(self.weights, self.cfg.grad_clip)
         self.w_opt.step()
-        assert logits is not None
+        assert logits is not None and mean_loss is not None
         return logits, mean_loss
 
 
@@ -321,7 +325,7 @@ class SearchResult:
     def summary(self) -> dict[str, Any]:
         last = self.loop.history.records[-1] if self.loop.history.records else {}
         dec = last.get("decisiveness")
-        return {"decisiveness": dec, "note": UNDECIDED_NOTE if dec and dec.get("mostly_undecided") else None,
+        return {"decisiveness": dec, "note": undecided_note(dec),
                 "run": str(self.run), "method": self.method, "ops": list(self.ops),
                 "epochs_done": self.loop.epochs_done, "stopped_early": self.loop.stopped_early,
                 "genotype": self.genotype.to_dict(), "genotype_file": str(self.run / "genotype.json"),
