@@ -26,7 +26,9 @@ which no faster operator removes; the table is then followed by each step split 
 and its operators. `--ops` gives every method the same operators (e.g. one candidate at a time).
 
 `--busy N` instead times each method's step alternately quiet and beside N busy loops and
-reports the slowdown; `--spin-count` sets the workers' GOMP_SPINCOUNT and `--omp-wait` their
+reports the slowdown (each timed step follows `--settle` untimed ones in the same state);
+`--threads auto` runs the workers as `edgenas search --threads auto` does (threads matched to the
+free cores between steps), `--spin-count` sets their GOMP_SPINCOUNT and `--omp-wait` their
 OMP_WAIT_POLICY (libgomp's default when neither is set: spin 300000 iterations, then sleep).
 
 `--nproc N` instead compares, per method, N processes x 1 thread (``torch.distributed.run``, gloo on
@@ -36,7 +38,7 @@ optimisers' gradients are all-reduced, exactly as ``edgenas search`` under torch
 configurations run one after the other, ``--rounds`` times alternating.
 
     .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5] [--base]
-    .venv/bin/python benchmarks/search_step.py --methods el_darts --busy 1 [--spin-count 300000]
+    .venv/bin/python benchmarks/search_step.py --methods el_darts --busy 1 [--threads auto] [--spin-count 300000]
     .venv/bin/python benchmarks/search_step.py --nproc 2 [--methods darts] [--steps 10] [--rounds 3]
 """
 
@@ -123,9 +125,13 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
+    from edgenas.threads import AUTO, ThreadGovernor, parse_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    policy = parse_threads(args.threads)
+    if policy != AUTO and policy:
+        torch.set_num_threads(policy)
+    # as `edgenas search --threads auto` does: the governor decides between steps
+    governor = ThreadGovernor(max_threads=torch.get_num_threads()) if policy == AUTO else None
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)
@@ -137,6 +143,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     def one_step() -> None:
         step.arch_step(xs[1], ys[1], epoch=0)
         step.weight_step(xs[0], ys[0])
+        if governor is not None:
+            governor.tick()
 
     cuda = device.type == "cuda"
     if cuda:
@@ -162,7 +170,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
-        _reply({"t": times[-1]})
+        _reply({"t": times[-1], "threads": torch.get_num_threads()})
     peak = (torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")) - base
 
     def forward_arch() -> None:
@@ -196,7 +204,7 @@ def dist_worker(args: argparse.Namespace) -> dict[str, Any] | None:
     from edgenas.device import keep_cpu_memory, resolve_device
     from edgenas.distributed import barrier, init_distributed, shutdown
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(int(args.threads))
     info, device = init_distributed(resolve_device(args.device))
     if device.type == "cpu":
         keep_cpu_memory()
@@ -321,6 +329,11 @@ class Worker:
     def step(self) -> float:
         return float(self._send("step")["t"])
 
+    def step_threads(self) -> tuple[float, int]:
+        """One timed step and the thread count it ran with."""
+        reply = self._send("step")
+        return float(reply["t"]), int(reply["threads"])
+
     def finish(self) -> dict[str, Any]:
         row = self._send("done")
         self.proc.wait()
@@ -337,7 +350,12 @@ def main() -> None:
     p.add_argument("--hw", type=int, default=32)
     p.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", default="0",
+                   help="torch threads: 0 (torch's default), N, or auto (edgenas.threads: matched between steps "
+                        "to the cores other processes leave free, as `edgenas search --threads auto`)")
+    p.add_argument("--settle", type=int, default=2,
+                   help="--busy: untimed steps after each switch of the busy loops before the timed one (a "
+                        "load that lasts, not the instant it starts; --threads auto decides between steps)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--format", choices=("auto", "channels_last", "contiguous"), default="auto",
                    help="memory format (auto: the search's default for the device)")
@@ -513,14 +531,20 @@ def busy_main(args: argparse.Namespace) -> None:
             w = Worker(name, args)  # built and warmed up while the loops are stopped
             quiet: list[float] = []
             busy: list[float] = []
+            threads: dict[bool, list[int]] = {False: [], True: []}
             for i in range(args.steps):
                 for on in ((False, True) if i % 2 == 0 else (True, False)):
                     _set_busy(procs, on)
-                    (busy if on else quiet).append(w.step())
+                    for _ in range(args.settle):
+                        w.step()
+                    t, n = w.step_threads()
+                    (busy if on else quiet).append(t)
+                    threads[on].append(n)
             _set_busy(procs, False)
-            row = w.finish()
+            w.finish()
             q, b = statistics.median(quiet), statistics.median(busy)
-            rows.append({"method": name, "threads": row["threads"], "quiet_step_s": q, "busy_step_s": b,
+            rows.append({"method": name, "threads": args.threads, "quiet_threads": threads[False],
+                         "busy_threads": threads[True], "quiet_step_s": q, "busy_step_s": b,
                          "slowdown": b / q, "quiet_all": [round(v, 4) for v in quiet],
                          "busy_all": [round(v, 4) for v in busy]})
             print(f"measured {name}", file=sys.stderr)
@@ -539,11 +563,11 @@ def busy_main(args: argparse.Namespace) -> None:
         return
     print(f"search step quiet vs beside {args.busy} busy loop(s) on {os.cpu_count()} CPUs; C={args.channels}, "
           f"{args.layers} cells, {args.nodes} nodes, batch {args.batch}; OpenMP {omp}; "
-          f"{args.steps} steps each way (medians)")
-    print(f"{'method':<12}{'threads':>8}{'quiet s':>10}{'busy s':>10}{'slowdown':>10}")
+          f"{args.steps} steps each way (medians), {args.settle} untimed steps after each switch")
+    print(f"{'method':<12}{'threads':>8}{'quiet s':>10}{'busy s':>10}{'slowdown':>10}  threads used quiet / busy")
     for r in rows:
         print(f"{r['method']:<12}{r['threads']:>8}{r['quiet_step_s']:>10.3f}{r['busy_step_s']:>10.3f}"
-              f"{r['slowdown']:>9.2f}x")
+              f"{r['slowdown']:>9.2f}x  {r['quiet_threads']} / {r['busy_threads']}")
 
 
 if __name__ == "__main__":

@@ -516,6 +516,9 @@ def train_cmd(
                                                   "off on older GPUs and the CPU) | off | bf16 | fp16"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on: measured faster on CPU and CUDA]."),
+    threads: str = typer.Option("0", "--threads", help="CPU intra-op threads: 0 (one per physical core), N, or "
+                                "auto (use the cores other processes leave free; a run is then not bitwise "
+                                "reproducible)."),
     download: bool = typer.Option(False, "--download", help="Download cifar10/cifar100 if missing."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/train-<genotype>]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt."),
@@ -537,7 +540,7 @@ def train_cmd(
              "momentum": momentum, "weight_decay": weight_decay, "auxiliary_weight": auxiliary_weight,
              "drop_path": drop_path, "cutout": cutout, "label_smoothing": label_smoothing, "grad_clip": grad_clip}
     cfg: TrainConfig = replace(protocol_defaults(setting), seed=seed, subset=subset, test_subset=test_subset,
-                               in_channels=in_channels, amp=amp, channels_last=channels_last,
+                               in_channels=in_channels, amp=amp, channels_last=channels_last, threads=threads,
                                **{k: v for k, v in given.items() if v is not None})
     geno = load_genotype(genotype)
     dev = resolve_device(device)
@@ -620,6 +623,9 @@ def search_cmd(
                                                  help="Memory format [on for CPU (measured faster), off on CUDA]."),
     accumulate: int = typer.Option(1, "--accumulate", min=1, help="Split each batch into N interleaved "
                                    "micro-batches (gradients averaged): what N torchrun processes compute."),
+    threads: str = typer.Option("0", "--threads", help="CPU intra-op threads: 0 (one per physical core), N, or "
+                                "auto (use the cores other processes leave free; a run is then not bitwise "
+                                "reproducible)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>; with --seeds "
                                        "runs/search-<method>-seeds]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
@@ -671,7 +677,7 @@ def search_cmd(
     given_space = SearchSpace.load(space) if space is not None else None
     cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
                        channels=channels, nodes=nodes, seed=seed or 0, subset=subset, lr=lr, arch_lr=arch_lr,
-                       channels_last=channels_last, accumulate=accumulate)
+                       channels_last=channels_last, accumulate=accumulate, threads=threads)
     from edgenas.costs import parse_count
     from edgenas.files import write_json
     from edgenas.search.budgets import BUDGET_FORMAT, BudgetSpec, parse_latency, plan_budgets_for_data

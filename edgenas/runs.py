@@ -34,6 +34,7 @@ from edgenas.device import keep_cpu_memory
 from edgenas.distributed import DistInfo, all_reduce_sum, gather_objects
 from edgenas.errors import EdgenasError
 from edgenas.files import RunFolderLock, atomic_path, claim_run_folder, write_json, write_text_atomic
+from edgenas.threads import thread_policy
 from edgenas.values import check_seed
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
@@ -259,7 +260,8 @@ class LoopProgress:
     batch bar, ``epoch_done(summary)`` advances the epoch bar and prints one line.
     """
 
-    def __init__(self, epochs: int, *, quiet: bool, start: int = 0, label: str = "epoch") -> None:
+    def __init__(self, epochs: int, *, quiet: bool, start: int = 0, label: str = "epoch",
+                 on_batch: Callable[[], None] | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -270,6 +272,7 @@ class LoopProgress:
                                   console=self.console, disable=quiet, transient=False)
         self._epochs = self._progress.add_task(label, total=epochs, completed=start, info="")
         self._batch = self._progress.add_task("  batch", total=1, info="", visible=False)
+        self._on_batch = on_batch
 
     def __enter__(self) -> LoopProgress:
         self._progress.__enter__()
@@ -283,6 +286,8 @@ class LoopProgress:
         for item in items:
             yield item
             self._progress.advance(self._batch)
+            if self._on_batch is not None:
+                self._on_batch()
 
     def epoch_done(self, summary: str) -> None:
         self._progress.update(self._batch, visible=False)
@@ -290,9 +295,10 @@ class LoopProgress:
         self._progress.console.print(summary, markup=False, highlight=False)
 
 
-def epoch_progress(epochs: int, *, quiet: bool, start: int = 0, label: str = "epoch") -> LoopProgress:
-    """The progress display of a long loop (respects ``--quiet``)."""
-    return LoopProgress(epochs, quiet=quiet, start=start, label=label)
+def epoch_progress(epochs: int, *, quiet: bool, start: int = 0, label: str = "epoch",
+                   on_batch: Callable[[], None] | None = None) -> LoopProgress:
+    """The progress display of a long loop (respects ``--quiet``); ``on_batch`` runs after each batch."""
+    return LoopProgress(epochs, quiet=quiet, start=start, label=label, on_batch=on_batch)
 
 
 # --- metrics and the one evaluation loop -------------------------------------------------------
@@ -472,13 +478,15 @@ def run_epochs(
     stop_after: int | None = None,
     quiet: bool = False,
     dist_info: DistInfo = DistInfo(),
+    threads: int | str = 0,
 ) -> LoopResult:
     """Run ``epoch_fn(epoch, progress)`` for each remaining epoch, checkpointing after every one.
 
     ``stateful`` names every object whose ``state_dict`` must survive a restart (model, optimisers,
     scheduler, ...); ``identity`` is the part of ``config`` a resumed run must share (a mismatch is
     an error naming the field). ``epoch_fn`` returns the epoch's record (plain numbers); the loop
-    adds ``epoch`` and ``seconds``. ``stop_after``
+    adds ``epoch`` and ``seconds`` (and ``threads``, the mean intra-op thread count, under
+    ``threads="auto"``: see :mod:`edgenas.threads`). ``stop_after``
     ends this invocation after that many epochs, as a kill would (for tests and time-boxed jobs).
     Only rank 0 writes files; all ranks run the same epochs.
     """
@@ -513,11 +521,18 @@ def run_epochs(
         history.write()
 
     stopped = False
-    with epoch_progress(epochs, quiet=quiet or not dist_info.main, start=start) as progress:
+    with thread_policy(threads) as governor, epoch_progress(
+            epochs, quiet=quiet or not dist_info.main, start=start,
+            on_batch=governor.tick if governor is not None else None) as progress:
+        if governor is not None and not governor.available:
+            progress.console.print("note: --threads auto cannot read this machine's CPU accounting (/proc/stat); "
+                                   f"the thread count stays at {governor.threads}", markup=False)
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             record = {"epoch": epoch, **epoch_fn(epoch, progress)}
             record["seconds"] = round(time.perf_counter() - t0, 3)
+            if governor is not None:
+                record["threads"] = governor.mean_threads()
             check_finite_losses(record, kind=kind, run=run, kept=epoch)
             history.append(record, write=False)
             rng_states = gather_objects(capture_rng_state())  # collective: every rank takes part

@@ -43,6 +43,7 @@ from edgenas.runs import (
     seed_everything,
     topk_correct,
 )
+from edgenas.threads import parse_threads
 from edgenas.values import check_number, check_seed, finite_fields
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
@@ -71,8 +72,10 @@ class TrainConfig:
     in_channels: int | None = None   # force 1 or 3 input channels; None follows the data
     amp: str = "auto"                # auto: bf16 (fp16 without bf16 support) on CUDA, off on the CPU
     channels_last: bool | None = None  # None: on (measured faster on CUDA and on the CPU)
+    threads: int | str = 0             # CPU intra-op threads: 0 one per physical core, N, or "auto" (edgenas.threads)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "threads", parse_threads(self.threads))
         finite_fields(self)
         check_seed(self.seed, "--seed")
         check_number(self.momentum, "--momentum", minimum=0, below=1)
@@ -270,7 +273,7 @@ def _train(genotype: Genotype, cfg: TrainConfig, data: str, *, out: str | Path, 
                         stateful={"model": net, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler},
                         config=config, identity=identity, epoch_fn=epoch_fn, device=device, resume=resume,
                         best=BestRule("test_top1", "max"), summary=summary, on_epoch_end=draw,
-                        stop_after=stop_after, quiet=quiet, dist_info=dist_info)
+                        stop_after=stop_after, quiet=quiet, dist_info=dist_info, threads=cfg.threads)
     net.eval()
     return TrainResult(run=run.root, loop=result, model=net, net=net_cfg, params=params, data=data_info)
 

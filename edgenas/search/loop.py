@@ -68,6 +68,7 @@ from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
+from edgenas.threads import parse_threads
 from edgenas.values import check_number, check_seed, finite_fields
 
 OpWeights = Mapping[str, torch.Tensor]
@@ -108,9 +109,11 @@ class SearchConfig:
     grad_clip: float = 5.0
     channels_last: bool | None = None  # None: on for the CPU (measured faster there), off on CUDA
     accumulate: int = 1               # interleaved micro-batches per batch (what as many ranks would take)
+    threads: int | str = 0            # CPU intra-op threads: 0 one per physical core, N, or "auto" (edgenas.threads)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "arch_betas", tuple(self.arch_betas))
+        object.__setattr__(self, "threads", parse_threads(self.threads))
         finite_fields(self)
         check_seed(self.seed, "--seed")
         check_number(self.momentum, "momentum", minimum=0, below=1)
@@ -491,7 +494,7 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
     result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
                         epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
                         on_epoch_end=on_epoch_end, stop_after=stop_after, quiet=quiet or not dist_info.main,
-                        dist_info=dist_info)
+                        dist_info=dist_info, threads=cfg.threads)
     last = result.history.records[-1]
     genotype = Genotype.from_dict(last["genotype"], source=str(run.history))
     if result.epochs_done == cfg.epochs and dist_info.main:
