@@ -214,3 +214,19 @@ def test_an_interrupted_multi_seed_search_resumes_and_a_rerun_without_resume_is_
     doc = json.loads(done.stdout)
     assert doc["seeds"]["0"]["epochs_done"] == 2 and doc["agreement"]["seeds"] == 2
     assert_clean_failure(invoke(*base[:-2]), "seed-0", "already holds a search run")
+
+
+def test_chance_under_a_budget_few_genotypes_meet_ends_and_says_how_it_was_estimated():
+    from edgenas.search.decisiveness import random_agreement_exact
+
+    calls = []
+
+    def rare(g):
+        calls.append(g)
+        return len(calls) in (7, 19, 40)  # three genotypes ever meet it: one pair
+
+    few = random_agreement_sampled(OPS, 2, rare, samples=100, max_tries=500)
+    assert len(calls) == 500 and few["method"].startswith("sampled (1 pair of")
+    none = random_agreement_sampled(OPS, 2, lambda g: False, samples=100, max_tries=300)
+    assert "no two of 300" in none["method"]
+    assert none["overall"] == random_agreement_exact(OPS, 2)["overall"]

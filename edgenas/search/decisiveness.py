@@ -195,18 +195,31 @@ def sample_random_genotypes(ops: Sequence[str], steps: int, n: int, rng: np.rand
 
 
 def random_agreement_sampled(ops: Sequence[str], steps: int, accept: Callable[[Genotype], bool],
-                             samples: int = 2000, seed: int = 0) -> dict[str, Any]:
+                             samples: int = 2000, seed: int = 0, max_tries: int = 200_000) -> dict[str, Any]:
     """Expected pairwise agreement of random genotypes that meet ``accept``, estimated from
-    ``samples`` independent pairs (with replacement, so identical draws count as they would)."""
+    ``samples`` independent pairs (with replacement, so identical draws count as they would).
+
+    At most ``max_tries`` draws: under a budget so tight that few random genotypes meet it, the
+    estimate uses the pairs found (the method says how many); when not one pair is found, it falls
+    back to the exact chance level of the whole space and says so.
+    """
     rng = np.random.default_rng(seed)
     draws: list[Genotype] = []
-    while len(draws) < 2 * samples:
+    for _ in range(max_tries):
         g = random_genotype(ops, steps, rng)
         if accept(g):
             draws.append(g)
-    agreement = [genotype_agreement([draws[2 * i], draws[2 * i + 1]])["overall"] for i in range(samples)]
+            if len(draws) == 2 * samples:
+                break
+    pairs = len(draws) // 2
+    if pairs == 0:
+        exact = random_agreement_exact(ops, steps)
+        return {"method": f"exact over the whole space: no two of {max_tries} random genotypes met the budget",
+                "overall": exact["overall"]}
+    agreement = [genotype_agreement([draws[2 * i], draws[2 * i + 1]])["overall"] for i in range(pairs)]
     overall = {k: round(float(np.mean([a[k] for a in agreement])), 4) for k in AGREEMENT_KINDS}
-    return {"method": f"sampled ({samples} pairs of random genotypes meeting the budget)", "overall": overall}
+    plural = "" if pairs == 1 else "s"
+    return {"method": f"sampled ({pairs} pair{plural} of random genotypes meeting the budget)", "overall": overall}
 
 
 def agreement_report(genotypes: Sequence[Genotype], ops: Sequence[str],
