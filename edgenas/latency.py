@@ -3,11 +3,14 @@ on one named runtime, provider and batch.
 
 The additive model of FBNet (Wu et al., CVPR 2019, Eq. 5) and EL-DARTS, made whole::
 
-    latency(genotype, cfg) = fixed(cfg) + sum over every cell operator instance of entry(op, C, H, W, stride)
+    latency(genotype, cfg) = fixed(cfg) + sum over every cell operator instance of
+                             scale(op, cfg) * entry(op, C, H, W, stride)
 
 ``fixed(cfg)`` is the profile's :class:`edgenas.profiling.FixedPart` for the network configuration
 (stems, cell preprocessing, node sums, concatenation, global pooling, classifier and the runtime's
-per-call cost); entries are what one more operator instance adds, measured on the same runtime.
+per-call cost); entries are what one more operator instance adds, measured on the same runtime;
+``scale(op, cfg)`` is the profile's calibration of ``op`` in that network (a network of ``op`` alone,
+timed whole: :func:`edgenas.profiling.fit_part`), 1 where the profile has none.
 This module is the one home for look-ups, coverage (what a profile lacks for a network, never
 counted as zero), units ("onnxruntime CPU provider, batch 1") and the refusal to compare a
 prediction with a measurement on another runtime, provider, batch or device.
@@ -67,6 +70,12 @@ def fixed_ms(profile: Profile, cfg: NetConfig) -> float | None:
     return None if part is None else part.ms
 
 
+def op_scales(profile: Profile, cfg: NetConfig) -> dict[str, float]:
+    """Each calibrated operator's scale inside ``cfg``'s network (absent: 1, the entry as timed)."""
+    part = profile.part(NetKey.of(cfg))
+    return {} if part is None else {c.op: c.scale for c in part.calibration}
+
+
 @dataclass(frozen=True)
 class LatencyPrediction:
     """A network's latency predicted from a profile (ms per call at ``batch``).
@@ -77,7 +86,7 @@ class LatencyPrediction:
     """
 
     total_ms: float | None
-    found_ms: float              # cell operators found
+    found_ms: float              # cell operators found, each entry times its operator's scale
     fixed_ms: float | None
     looked_up: tuple[tuple[Any, int, float], ...]
     missing: tuple[tuple[Any, int], ...]
@@ -91,6 +100,7 @@ class LatencyPrediction:
     threads: int
     units: str
     covers: str = LATENCY_COVERS
+    scales: tuple[tuple[str, float], ...] = ()  # calibrated operators' scales (see edgenas.profiling.fit_part)
 
     @property
     def complete(self) -> bool:
@@ -129,6 +139,7 @@ class LatencyPrediction:
             "dtype": self.dtype,
             "units": self.units,
             "covers": self.covers,
+            "scales": dict(self.scales),
             "looked_up": [{**shape(s), "instances": n, "median_ms": ms} for s, n, ms in self.looked_up],
             "missing": [{**shape(s), "instances": n} for s, n in self.missing],
             "missing_part": None if self.missing_part is None else str(self.missing_part),
@@ -136,7 +147,8 @@ class LatencyPrediction:
 
 
 def predict_latency(genotype: Genotype, cfg: NetConfig, profile: Profile) -> LatencyPrediction:
-    """The whole evaluation network's latency: the fixed part plus every cell operator's entry.
+    """The whole evaluation network's latency: the fixed part plus every cell operator's entry,
+    times its operator's calibration scale in this network.
 
     Each operator instance from :func:`edgenas.nets.cell_shapes` is looked up at its exact
     (op, C, H, W, stride); the fixed part at the exact network configuration.
@@ -144,7 +156,8 @@ def predict_latency(genotype: Genotype, cfg: NetConfig, profile: Profile) -> Lat
     counts = Counter(cell_shapes(genotype, cfg))
     found, missing = latency_lookup(profile, counts)
     looked_up = tuple((s, counts[s], found[s]) for s in counts if s in found)
-    ops_ms = sum(n * ms for _, n, ms in looked_up)
+    scales = op_scales(profile, cfg)
+    ops_ms = sum(n * ms * scales.get(s.op, 1.0) for s, n, ms in looked_up)
     fixed = fixed_ms(profile, cfg)
     missing_part = NetKey.of(cfg) if fixed is None else None
     complete = not missing and fixed is not None
@@ -154,6 +167,7 @@ def predict_latency(genotype: Genotype, cfg: NetConfig, profile: Profile) -> Lat
         missing=tuple((s, counts[s]) for s in missing), missing_part=missing_part,
         batch=profile.batch, device=profile.device, mode=profile.mode, dtype=profile.dtype,
         runtime=profile.runtime, provider=profile.provider, threads=profile.threads, units=profile.units(),
+        scales=tuple(sorted(scales.items())),
     )
 
 
@@ -210,7 +224,8 @@ def profile_missing(
     rt = runtime_of(profile, device)
     entries, skipped = measure_entries(missing, rt, batch=profile.batch, mode=profile.mode, on_entry=on_entry)
     all_entries = [*profile.entries, *entries]
-    parts = measure_parts(nets, rt, batch=profile.batch, entries=all_entries)
+    ops = tuple(dict.fromkeys(e.key.op for e in all_entries))
+    parts = measure_parts(nets, rt, batch=profile.batch, entries=all_entries, ops=ops)
     return replace(profile, entries=all_entries, skipped=[*profile.skipped, *skipped],
                    parts=[*profile.parts, *parts])
 

@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,11 @@ REFERENCE_GENOTYPE = Genotype(
             ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 4), ("skip_connect", 3)),
     reduce_concat=(2, 3, 4, 5),
 )
+#: Bounds of an operator's calibration scale: a network cannot spend less than half or more than
+#: twice its operators' entries on them without the timing being wrong.
+SCALE_RANGE = (0.5, 2.0)
+#: An operator is calibrated when its entries make at least this share of its calibration network.
+MIN_CALIBRATION_SHARE = 0.1
 #: Intermediate nodes per cell of the networks a fixed part describes (the DARTS space's 4).
 STEPS = 4
 
@@ -350,17 +355,41 @@ class FixedPart:
     reference_ops_ms: float
     stable: bool = True
     attempts: int = 1
+    calibration: tuple[Calibration, ...] = ()
 
     @property
     def ms(self) -> float:
         return self.latency.median
+
+    def scale(self, op: str) -> float:
+        """What one entry of ``op`` costs inside this network, per unit of its entry (1 if uncalibrated)."""
+        return next((c.scale for c in self.calibration if c.op == op), 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         n = self.net
         return {"setting": n.setting, "C": n.C, "layers": n.layers, "H": n.H, "W": n.W,
                 "num_classes": n.num_classes, "in_channels": n.in_channels, "steps": n.steps,
                 "latency_ms": self.latency.to_dict(), "network_ms": self.network_ms,
-                "reference_ops_ms": self.reference_ops_ms, "stable": self.stable, "attempts": self.attempts}
+                "reference_ops_ms": self.reference_ops_ms, "stable": self.stable, "attempts": self.attempts,
+                "calibration": [c.to_dict() for c in self.calibration]}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One operator's entries against the network they are used in (see :func:`fit_part`).
+
+    ``network_ms`` is the calibration network (the reference wiring with ``op`` on every edge)
+    timed whole, ``ops_ms`` the sum of its operators' entries; ``scale`` is what the network spends
+    on them per unit of entry: (network - fixed part) / ops_ms, within :data:`SCALE_RANGE`.
+    """
+
+    op: str
+    network_ms: float
+    ops_ms: float
+    scale: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"op": self.op, "network_ms": self.network_ms, "ops_ms": self.ops_ms, "scale": self.scale}
 
 
 @dataclass(frozen=True)
@@ -594,6 +623,28 @@ PART_RULES: tuple[FieldRule, ...] = (
 )
 
 
+#: A calibration's times are non-negative and its scale within the range it is clipped to.
+CALIBRATION_RULES: tuple[FieldRule, ...] = (
+    FieldRule("network_ms", minimum=0), FieldRule("ops_ms", minimum=0),
+    FieldRule("scale", minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1]),
+)
+
+
+def _calibration(part: Mapping[str, Any], where: str) -> tuple[Calibration, ...]:
+    """A fixed part's per-operator calibration (absent in profiles made before it: scale 1)."""
+    rows = part.get("calibration") or []
+    if not isinstance(rows, list):
+        raise EdgenasError(f"{where}: field 'calibration' should be a list", "regenerate the profile")
+    out = []
+    for i, d in enumerate(rows):
+        here = f"{where} calibration[{i}]"
+        if not isinstance(d, Mapping) or not isinstance(d.get("op"), str):
+            raise EdgenasError(f"{here}: not an object naming its 'op'", "regenerate the profile")
+        check_record(d, CALIBRATION_RULES, here, "regenerate the profile with edgenas profile --setting")
+        out.append(Calibration(d["op"], float(d["network_ms"]), float(d["ops_ms"]), float(d["scale"])))
+    return tuple(out)
+
+
 def _entry_rules(runtime: str) -> tuple[FieldRule, ...]:
     return ORT_ENTRY_RULES if runtime == "ort" else ENTRY_RULES
 
@@ -685,7 +736,7 @@ def load_profile(path: str | Path) -> Profile:
         net = NetKey(f["setting"], f["C"], f["layers"], f["H"], f["W"], f["num_classes"], f["in_channels"],
                      f["steps"])
         parts.append(FixedPart(net, _latency(d, where), float(f["network_ms"]), float(f["reference_ops_ms"]),
-                               f["stable"], f["attempts"]))
+                               f["stable"], f["attempts"], _calibration(d, where)))
     skipped = []
     for i, d in enumerate(doc.get("skipped") or []):
         where = f"{path} (skipped[{i}])"
@@ -1115,9 +1166,11 @@ def measure_parts(
     *,
     batch: int,
     entries: Sequence[ProfileEntry] = (),
+    ops: Sequence[str] = (),
     on_part: Callable[[NetKey], None] | None = None,
 ) -> list[FixedPart]:
-    """The fixed part of each network configuration (forward mode; see the module docstring).
+    """The fixed part of each network configuration and the calibration of ``ops`` in it
+    (forward mode; see the module docstring).
 
     Stand-in entries are taken from ``entries`` where present (so a prediction of the reference
     network equals its measurement) and measured otherwise.
@@ -1132,16 +1185,80 @@ def measure_parts(
             raise EdgenasError(f"cannot time the reference network of {NetKey.of(cfg)}: {skipped[0].reason}",
                                "choose another --dtype or --provider")
         known.update((e.key, e.latency.median) for e in got)  # a later setting reuses them
-        ops_ms = sum(known[k] for k in keys)
+        ref_ops: dict[str, float] = {}
+        for k in keys:
+            ref_ops[k.op] = ref_ops.get(k.op, 0.0) + known[k]
         net = build_network(REFERENCE_GENOTYPE, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
         m = runtime.time(net, cfg.input_shape, batch)
         s = m.stats
-        fixed = TimingStats(median=max(0.0, s.median - ops_ms), p10=max(0.0, s.p10 - ops_ms),
-                            p90=max(0.0, s.p90 - ops_ms), mean=max(0.0, s.mean - ops_ms), std=s.std, n=s.n)
-        parts.append(FixedPart(NetKey.of(cfg), fixed, s.median, ops_ms, m.stable, m.attempts))
+        timed = calibration_networks(cfg, runtime, batch=batch, known=known, ops=ops)
+        fixed_ms, calibration = fit_part(s.median, ref_ops, timed)
+        offset = s.median - fixed_ms  # the stand-ins, as predictions count them
+        fixed = TimingStats(median=fixed_ms, p10=max(0.0, s.p10 - offset), p90=max(0.0, s.p90 - offset),
+                            mean=max(0.0, s.mean - offset), std=s.std, n=s.n)
+        parts.append(FixedPart(NetKey.of(cfg), fixed, s.median, offset, m.stable, m.attempts, calibration))
         if on_part is not None:
             on_part(NetKey.of(cfg))
     return parts
+
+
+def calibration_genotype(op: str) -> Genotype:
+    """The reference network's wiring with ``op`` on every edge."""
+    def cell(edges: tuple[tuple[str, int], ...]) -> tuple[tuple[str, int], ...]:
+        return tuple((op, i) for _, i in edges)
+
+    ref = REFERENCE_GENOTYPE
+    return Genotype(normal=cell(ref.normal), normal_concat=ref.normal_concat, reduce=cell(ref.reduce),
+                    reduce_concat=ref.reduce_concat)
+
+
+def calibration_networks(cfg: NetConfig, runtime: Runtime, *, batch: int, known: dict[ShapeKey, float],
+                         ops: Sequence[str]) -> list[tuple[str, float, float]]:
+    """For each operator, its calibration network timed whole and the sum of its entries:
+    (op, network_ms, ops_ms). ``known`` (key -> median ms) is extended with entries measured here;
+    an operator that cannot run here is left out (it has no entries to calibrate either)."""
+    rows = []
+    for op in ops:
+        if op == "none":
+            continue
+        g = calibration_genotype(op)
+        keys = [ShapeKey(*sh) for sh in cell_shapes(g, cfg)]
+        need = [k for k in dict.fromkeys(keys) if k not in known]
+        got, skipped = measure_entries(need, runtime, batch=batch, mode="forward")
+        if skipped:
+            continue
+        known.update((e.key, e.latency.median) for e in got)
+        net = build_network(g, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+        rows.append((op, runtime.time(net, cfg.input_shape, batch).stats.median, sum(known[k] for k in keys)))
+    return rows
+
+
+def fit_part(reference_ms: float, reference_ops: Mapping[str, float],
+             timed: Sequence[tuple[str, float, float]]) -> tuple[float, tuple[Calibration, ...]]:
+    """The fixed part and each operator's scale from the reference network and the calibration
+    networks (see :func:`calibration_networks`).
+
+    An entry is timed in a graph of copies of one operator, where its input stays in the cache and
+    the runtime keeps one layout; inside a network its input comes from another operator. So a
+    network built of ``op`` alone, timed whole, less the fixed part, over the sum of its entries,
+    says what ``op`` costs there per unit of entry: predictions multiply ``op``'s entries by it.
+    The fixed part is the reference network less its stand-ins' entries *as scaled*, so the
+    reference network is predicted as exactly what was measured of it; the two depend on each
+    other and settle within a few rounds (the stand-ins are a small share of the reference).
+    Operators whose entries are a small share of their network (the identity) keep 1: their ratio
+    would be noise.
+    """
+    scales: dict[str, float] = {}
+    fixed = reference_ms
+    for _ in range(5):
+        fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
+        scales = {}
+        for op, network_ms, ops_ms in timed:
+            share = ops_ms / network_ms if network_ms > 0 else 0.0
+            ratio = (network_ms - fixed) / ops_ms if share >= MIN_CALIBRATION_SHARE else 1.0
+            scales[op] = round(min(max(ratio, SCALE_RANGE[0]), SCALE_RANGE[1]), 4)
+    fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
+    return fixed, tuple(Calibration(op, network_ms, ops_ms, scales[op]) for op, network_ms, ops_ms in timed)
 
 
 def profile_ops(
@@ -1181,7 +1298,7 @@ def profile_ops(
             reasons = "; ".join(sorted({s.reason for s in skipped}))
             raise EdgenasError(f"no operator could run on {device} with dtype {dtype}: {reasons}",
                                "choose another --dtype (fp32 runs everywhere) or device")
-        parts = measure_parts(networks, rt, batch=batch, entries=entries)
+        parts = measure_parts(networks, rt, batch=batch, entries=entries, ops=ops)
     return Profile(device_slug(device), batch, dtype, mode, environment(device, clocks), entries, settings,
                    skipped,
                    runtime=runtime, provider=rt.provider, threads=rt.threads, parts=parts,

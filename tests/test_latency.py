@@ -130,7 +130,9 @@ def test_prediction_is_the_fixed_part_plus_every_operator_instance(ort_profile):
     shapes = cell_shapes(GENO, TINY_CFG)
     found, missing = latency_lookup(ort_profile, shapes)
     assert pred.complete and not missing and sum(n for _, n, _ in pred.looked_up) == len(shapes)
-    assert pred.total_ms == pytest.approx(part.ms + sum(found[s] for s in shapes))
+    # each operator's entries count as its calibration scale in this network says
+    assert pred.total_ms == pytest.approx(part.ms + sum(found[s] * part.scale(s.op) for s in shapes))
+    assert {c.op for c in part.calibration} == set(OPS) - {"none"}
     assert pred.sentence() == f"predicted {pred.total_ms:.3g} ms, whole network, onnxruntime CPU provider, batch 1"
     # the reference network is predicted as exactly what was measured of it
     ref = predict_latency(REFERENCE_GENOTYPE, TINY_CFG, ort_profile)
@@ -362,3 +364,49 @@ def test_an_onnxruntime_failure_is_a_skipped_entry(monkeypatch):
     entries, skipped = measure_entries(keys, rt, batch=1, mode="forward")
     assert [e.key for e in entries] == [keys[0]] and [s.key for s in skipped] == [keys[1]]
     assert "RUNTIME_EXCEPTION" in skipped[0].reason
+
+
+# --- calibration: each operator's entries set against a network of that operator ------------------
+
+def test_fit_part_recovers_each_operators_scale_and_keeps_the_reference_exact():
+    from edgenas.profiling import MIN_CALIBRATION_SHARE, SCALE_RANGE, fit_part
+
+    # a network of fixed part 3 ms where sep_conv_3x3 costs 1.2x its entries and max_pool_3x3 0.8x
+    ref_ops = {"skip_connect": 0.0, "max_pool_3x3": 0.5}  # the reference network's stand-ins' entries
+    reference_ms = 3.0 + 0.8 * 0.5
+    timed = [("sep_conv_3x3", 3.0 + 1.2 * 10.0, 10.0), ("max_pool_3x3", 3.0 + 0.8 * 2.0, 2.0),
+             ("skip_connect", 3.0 + 0.01, 0.01),       # a small share of its network: keeps 1
+             ("dil_conv_3x3", 3.0 + 9.0 * 4.0, 4.0)]   # a ratio of 9 is a wrong timing: clipped
+    fixed, calibration = fit_part(reference_ms, ref_ops, timed)
+    scale = {c.op: c.scale for c in calibration}
+    assert fixed == pytest.approx(3.0, abs=1e-3)
+    assert scale["sep_conv_3x3"] == pytest.approx(1.2, abs=1e-3)
+    assert scale["max_pool_3x3"] == pytest.approx(0.8, abs=1e-3)
+    assert 0.01 / 3.01 < MIN_CALIBRATION_SHARE and scale["skip_connect"] == 1.0
+    assert scale["dil_conv_3x3"] == SCALE_RANGE[1]
+    # the reference network is predicted as measured: fixed part plus its stand-ins as scaled
+    assert fixed + sum(scale.get(op, 1.0) * ms for op, ms in ref_ops.items()) == pytest.approx(reference_ms, abs=1e-3)
+
+
+def test_a_profile_without_calibration_predicts_with_entries_as_timed(ort_profile, tmp_path):
+    doc = ort_profile.to_dict()
+    for part in doc["parts"]:
+        part.pop("calibration")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "edgenas.profile", "version": 2, **doc}))
+    old = load_profile(path)
+    pred = predict_latency(GENO, TINY_CFG, old)
+    shapes = cell_shapes(GENO, TINY_CFG)
+    found, _ = latency_lookup(old, shapes)
+    assert pred.scales == () and pred.total_ms == pytest.approx(old.parts[0].ms + sum(found[s] for s in shapes))
+
+
+@pytest.mark.parametrize("scale, message", [(float("nan"), "scale"), (5.0, "scale 5"), (0.1, "scale 0.1")])
+def test_a_calibration_scale_out_of_range_is_refused(ort_profile, tmp_path, scale, message):
+    doc = {"format": "edgenas.profile", "version": 2, **ort_profile.to_dict()}
+    doc["parts"][0]["calibration"][0]["scale"] = scale
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(EdgenasError, match=message) as e:
+        load_profile(path)
+    assert "calibration[0]" in str(e.value)

@@ -382,7 +382,7 @@ def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
     profile: a missing one raises (never counted as zero); :func:`edgenas.latency.profile_missing`
     measures them.
     """
-    from edgenas.latency import fixed_ms, latency_lookup
+    from edgenas.latency import fixed_ms, latency_lookup, op_scales
 
     ops = tuple(ops)
     needed = []
@@ -398,7 +398,8 @@ def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
             "add --profile-missing to measure them on this device, or profile this network with "
             "`edgenas profile --setting ... --channels ... --layers ...`",
         )
-    tables = _edge_tables(cfg, ops, steps, lambda shape: found[shape])
+    scales = op_scales(profile, cfg)
+    tables = _edge_tables(cfg, ops, steps, lambda shape: found[shape] * scales.get(shape.op, 1.0))
     return CostModel("latency_ms", "ms", ops, steps, tables, fixed=fixed,
                      note=f"whole network, {profile.units()}: fixed part {fixed:.3g} ms plus cell operators")
 
