@@ -455,20 +455,23 @@ def inspect_cmd(
     lat = rep.latency
     if lat is not None:
         con.print(f"latency from {profile}: {lat.device}, {lat.units}, {lat.threads} thread(s)", soft_wrap=True)
-        table = Table("part", "CxHxW:s", "instances", "ms each", "ms")
+        table = Table("part", "CxHxW:s", "instances", "ms each", "scale", "ms")
         if lat.fixed_ms is not None:
-            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", f"{lat.fixed_ms:.4g}",
+            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", f"{lat.fixed_ms:.4g}", "",
                           f"{lat.fixed_ms:.4g}")
         else:
-            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", "[red]missing[/red]", "-")
+            table.add_row("fixed part", f"{c.setting} C={c.C}, {c.layers} cells", "1", "[red]missing[/red]", "", "-")
+        scales = dict(lat.scales)
         for s, n, ms in lat.looked_up:
-            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), f"{ms:.4g}", f"{n * ms:.4g}")
+            k = scales.get(s.op, 1.0)
+            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), f"{ms:.4g}", f"{k:.3g}", f"{n * ms * k:.4g}")
         for s, n in lat.missing:
-            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), "[red]missing[/red]", "-")
+            table.add_row(s.op, f"{s.C}x{s.H}x{s.W}:{s.stride}", str(n), "[red]missing[/red]", "", "-")
         con.print(table)
         if lat.complete:
             con.print(f"{lat.sentence()} (fixed part {lat.fixed_ms:.4g} ms + {len(lat.looked_up)} operator shapes "
-                      f"{lat.found_ms:.4g} ms)", soft_wrap=True)
+                      f"{lat.found_ms:.4g} ms, each operator's entries times its calibration scale in this "
+                      "network)", soft_wrap=True)
         else:
             con.print(f"[red]{lat.sentence()}[/red]; measure what is missing with --profile-missing, or:",
                       soft_wrap=True)
