@@ -224,7 +224,7 @@ def produced(out: Path, stage: str, state: StageState) -> bool:
 def check_rerun(out: Path, saved: dict[str, Any], cfg: PipelineConfig, state: StageState) -> None:
     """A rerun may change any setting whose stages produced nothing yet (the usual case after a
     stage failed on a bad setting); changing what a produced stage used is refused, naming it."""
-    from edgenas.runs import canonical, first_difference
+    from edgenas.checkpoints import canonical, first_difference
 
     now = canonical(cfg.to_dict())
     for stage in STAGES:

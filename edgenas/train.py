@@ -23,26 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgenas.checkpoints import load_checkpoint
 from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
 from edgenas.device import amp_for_capability
 from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, genotype_label
+from edgenas.metrics import Precision, RunningMean, evaluate, topk_correct
 from edgenas.nets import NetConfig, build_network, default_config
-from edgenas.runs import (
-    BestRule,
-    History,
-    LoopProgress,
-    LoopResult,
-    Precision,
-    RunDir,
-    RunningMean,
-    evaluate,
-    load_checkpoint,
-    run_epochs,
-    seed_everything,
-    topk_correct,
-)
+from edgenas.progress import LoopProgress
+from edgenas.rng import seed_everything
+from edgenas.run_folder import History, RunDir
+from edgenas.runs import BestRule, LoopResult, run_epochs
 from edgenas.values import check_number, check_seed, finite_fields
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")

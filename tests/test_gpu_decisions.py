@@ -56,7 +56,7 @@ def test_amp_for_capability(cap, want):
 
 
 def test_auto_amp_asks_the_runs_device_not_the_current_one(monkeypatch):
-    from edgenas.runs import Precision
+    from edgenas.metrics import Precision
     from edgenas.train import TrainConfig, resolve_precision
 
     asked = []

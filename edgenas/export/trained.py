@@ -40,7 +40,8 @@ class TrainedNet:
 
 def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") -> TrainedNet:
     """The network of a train run folder (``best.pt``, else ``last.pt``) or of one checkpoint file."""
-    from edgenas.runs import RunDir, load_checkpoint
+    from edgenas.checkpoints import load_checkpoint
+    from edgenas.run_folder import RunDir
 
     path = Path(path)
     if not path.exists():

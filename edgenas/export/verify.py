@@ -64,7 +64,7 @@ class AccuracyCheck:
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    from edgenas.runs import accuracy
+    from edgenas.metrics import accuracy
 
     return accuracy(logits, labels, (1,))[0]
 

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from edgenas.checkpoints import load_checkpoint
 from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
 from edgenas.distributed import (
     average_gradients,
@@ -51,18 +52,12 @@ from edgenas.distributed import (
 from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
+from edgenas.metrics import RunningMean, topk_correct
 from edgenas.ops import get_op
-from edgenas.runs import (
-    History,
-    LoopProgress,
-    LoopResult,
-    RunDir,
-    RunningMean,
-    load_checkpoint,
-    run_epochs,
-    seed_everything,
-    topk_correct,
-)
+from edgenas.progress import LoopProgress
+from edgenas.rng import seed_everything
+from edgenas.run_folder import History, RunDir
+from edgenas.runs import LoopResult, run_epochs
 from edgenas.search.budgets import CELL_TYPES, derive
 from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
