@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from edgenas.checkpoints import load_checkpoint
-from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
+from edgenas.data.load import DataBundle, describe, load_data
+from edgenas.data.loaders import make_loader
+from edgenas.data.spec import parse_data_spec
 from edgenas.device import amp_for_capability
 from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError

@@ -291,7 +291,7 @@ def test_run_folders_of_failed_runs_are_left_clean(tmp_path, monkeypatch):
 # --- inputs that must now work ------------------------------------------------------------------
 
 def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
-    from edgenas.data import load_data
+    from edgenas.data.load import load_data
 
     root = image_folder(tmp_path / "if16", ["a", "b"], dtype=np.uint16, scale=65535)
     bundle = load_data(f"imagefolder:{root}")

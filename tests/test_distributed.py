@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from edgenas.checkpoints import load_checkpoint
-from edgenas.data import load_data, make_loader
+from edgenas.data.load import load_data
+from edgenas.data.loaders import make_loader
 from edgenas.genotypes import get_genotype
 from edgenas.metrics import evaluate
 from edgenas.nets import NetConfig, build_network

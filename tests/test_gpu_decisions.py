@@ -232,7 +232,7 @@ def test_cost_model_builds_its_device_tables_once():
 # --- batches: one transfer of the random draws -----------------------------------------------------------
 
 def test_batch_draws_move_in_one_transfer_and_keep_their_values():
-    from edgenas.data import Augment, ImageTensors
+    from edgenas.data.tensors import Augment, ImageTensors
 
     images = torch.randint(0, 256, (7, 3, 8, 9), dtype=torch.uint8)
     for aug in (Augment(crop_pad=2, flip=True, cutout=4), Augment(flip=True), Augment(cutout=4)):

@@ -15,7 +15,7 @@ from edgenas.genotypes import Genotype
 from edgenas.nets import NetConfig, build_network
 
 if TYPE_CHECKING:
-    from edgenas.data import DataBundle
+    from edgenas.data.load import DataBundle
 
 
 @dataclass
@@ -131,7 +131,8 @@ def _check_data(net: TrainedNet, bundle: DataBundle) -> None:
 
 def load_export_data(net: TrainedNet, data: str | None, settings: ExportSettings) -> DataBundle:
     """The test split (and calibration images) with the network's own normalisation."""
-    from edgenas.data import ImageTensors, load_data
+    from edgenas.data.load import load_data
+    from edgenas.data.tensors import ImageTensors
 
     spec = data or net.data
     if not spec:

@@ -41,7 +41,9 @@ import torch
 from torch import nn
 
 from edgenas.checkpoints import load_checkpoint
-from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
+from edgenas.data.load import describe, load_data, search_split
+from edgenas.data.loaders import make_loader
+from edgenas.data.spec import parse_data_spec
 from edgenas.distributed import (
     average_gradients,
     dist_from_env,
