@@ -65,7 +65,7 @@ from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
-from edgenas.values import check_number, check_seed, finite_fields
+from edgenas.values import FieldRule, check_fields, check_number, check_seed, finite_fields
 
 OpWeights = Mapping[str, torch.Tensor]
 EdgeWeights = Mapping[str, "torch.Tensor | None"]
@@ -113,21 +113,15 @@ class SearchConfig:
         check_number(self.momentum, "momentum", minimum=0, below=1)
         for i, beta in enumerate(self.arch_betas):
             check_number(beta, f"arch_betas[{i}]", minimum=0, below=1)
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("channels", self.channels >= 2), ("nodes", self.nodes >= 1),
-                  ("layers", self.layers is None or self.layers >= 1),
-                  ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs),
-                  ("subset", self.subset is None or self.subset >= 1), ("lr", self.lr is None or self.lr > 0),
-                  ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0),
-                  ("accumulate", 1 <= self.accumulate <= self.batch_size)]
-        for name, ok in checks:
-            if ok:
-                continue
-            flag, value = f"--{name.replace('_', '-')}", getattr(self, name)
-            if name == "warmup_epochs":
-                raise EdgenasError(f"{flag} {value} is not below --epochs {self.epochs}",
-                                   "architecture updates must start before the last epoch")
-            raise EdgenasError(f"{flag} {value} is out of range", "give a valid value")
+        check_fields(self, (
+            FieldRule("epochs", minimum=1), FieldRule("batch_size", minimum=1), FieldRule("channels", minimum=2),
+            FieldRule("nodes", minimum=1), FieldRule("layers", minimum=1, required=False),
+            FieldRule("warmup_epochs", minimum=0, required=False), FieldRule("subset", minimum=1, required=False),
+            FieldRule("lr", above=0, required=False), FieldRule("arch_lr", above=0), FieldRule("grad_clip", above=0),
+            FieldRule("accumulate", minimum=1, maximum=self.batch_size)))
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise EdgenasError(f"--warmup-epochs {self.warmup_epochs} is not below --epochs {self.epochs}",
+                               "architecture updates must start before the last epoch")
 
     @property
     def learning_rate(self) -> float:
