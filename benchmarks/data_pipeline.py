@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edgenas.data import Augment, load_data
+from edgenas.data.load import load_data
+from edgenas.data.tensors import Augment
 
 
 def _pil_pipeline(mean: tuple[float, ...], std: tuple[float, ...], cutout: int):

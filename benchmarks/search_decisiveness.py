@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from edgenas.costs import parse_count
-from edgenas.data import load_data, make_loader, search_split
+from edgenas.data.load import load_data, search_split
+from edgenas.data.loaders import make_loader
 from edgenas.search.budgets import BudgetSpec, plan_budgets_for_data
 from edgenas.search.decisiveness import (
     agreement_report,

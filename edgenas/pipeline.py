@@ -224,7 +224,7 @@ def produced(out: Path, stage: str, state: StageState) -> bool:
 def check_rerun(out: Path, saved: dict[str, Any], cfg: PipelineConfig, state: StageState) -> None:
     """A rerun may change any setting whose stages produced nothing yet (the usual case after a
     stage failed on a bad setting); changing what a produced stage used is refused, naming it."""
-    from edgenas.runs import canonical, first_difference
+    from edgenas.checkpoints import canonical, first_difference
 
     now = canonical(cfg.to_dict())
     for stage in STAGES:
@@ -336,7 +336,7 @@ def _run(cfg: PipelineConfig, out: Path, *, device: torch.device, resume: bool, 
         check_rerun(out, saved.get("config") or {}, cfg, state)
     if not {"search", "train", "export"} <= set(state.done):
         # a missing or broken dataset must stop the run before minutes of profiling, not after
-        from edgenas.data import load_data
+        from edgenas.data.load import load_data
 
         load_data(cfg.data, subset=cfg.search.subset, seed=cfg.seed)
     write_json(config_path, CONFIG_FORMAT, VERSION, {"config": cfg.to_dict()})

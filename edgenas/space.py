@@ -10,13 +10,15 @@ rather than a fixed list.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, require, write_json
-from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS
+from edgenas.ops import DARTS_OPS, EL_DARTS_OPS, OPS, get_op
 from edgenas.values import check_number
 
 if TYPE_CHECKING:
@@ -205,21 +207,124 @@ def pool_choice(members: list[str], totals: dict[str, OpTotals]) -> tuple[str, s
                        f"measured spread margin {margin:.4f} ms")
 
 
+@dataclass
+class Pruning:
+    """What the rules read and change: each operator's totals, the operators still kept, what was
+    dropped and the notes for the reader."""
+
+    config: PruneConfig
+    totals: dict[str, OpTotals]
+    kept: list[str]
+    dropped: list[DroppedOp] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def open_ops(self) -> list[str]:
+        """The kept operators a rule may still drop (``--keep`` protects an operator from every rule)."""
+        return [op for op in self.kept if op not in self.config.keep]
+
+    def drop(self, op: str, rule: str, reason: str, numbers: dict[str, float]) -> None:
+        self.kept.remove(op)
+        self.dropped.append(DroppedOp(op, rule, reason, numbers))
+
+
+#: One rule's verdicts: (operator, reason, numbers) for each operator it drops, yielded one at a
+#: time so the next verdict already sees the operators dropped before it.
+Verdicts = Iterator[tuple[str, str, dict[str, float]]]
+
+
+def user_rule(p: Pruning) -> Verdicts:
+    """``--drop`` removes an operator."""
+    for op in p.config.drop:
+        yield op, "dropped by --drop", p.totals[op].numbers()
+
+
+def zero_rule(p: Pruning) -> Verdicts:
+    """``none`` carries no features; DARTS only uses it to weigh edges."""
+    for op in p.open_ops():
+        if get_op(op).is_zero:
+            yield op, "carries no features; DARTS only uses it to weigh edges", p.totals[op].numbers()
+
+
+def kernel_rule(p: Pruning) -> Verdicts:
+    """A larger kernel goes when a kept smaller kernel of its family is no worse in latency, MACs,
+    params and memory (two stacked 3x3 layers cover a 5x5's receptive field)."""
+    totals = p.totals
+    for op in sorted(p.open_ops(), key=lambda n: get_op(n).kernel or 0):
+        spec = get_op(op)
+        if spec.kernel is None or spec.parameter_free:
+            continue
+        smaller = [o for o in p.kept if get_op(o).family == spec.family and (get_op(o).kernel or 0) < spec.kernel]
+        winner = next((o for o in smaller if totals[o].no_worse_than(totals[op])), None)
+        if winner is not None:
+            yield (op, f"{winner} is no worse in latency, MACs, params and memory "
+                       f"({totals[winner].describe()} vs {totals[op].describe()}); stacked "
+                       f"{get_op(winner).kernel}x{get_op(winner).kernel} layers cover its receptive field",
+                   {**totals[op].numbers(), **totals[winner].numbers("than_")})
+        elif smaller:
+            p.notes.append(f"{op} kept: no smaller {spec.family} kernel is no worse on every count "
+                           f"({op}: {totals[op].describe()}; "
+                           + "; ".join(f"{o}: {totals[o].describe()}" for o in smaller) + ")")
+
+
+def pool_rule(p: Pruning) -> Verdicts:
+    """Parameter-free operators of one family play one role: one stays (see :func:`pool_choice`)."""
+    totals = p.totals
+    families: dict[str, list[str]] = {}
+    for op in p.kept:
+        spec = get_op(op)
+        if spec.parameter_free and not spec.is_zero:
+            families.setdefault(spec.family, []).append(op)
+    for family, members in families.items():
+        if len(members) < 2:
+            continue
+        winner, margin_note = pool_choice(members, totals)
+        p.notes.append(margin_note)
+        for op in members:
+            if op == winner or op in p.config.keep:
+                continue
+            yield (op, f"{winner} plays the same parameter-free {family} role ({totals[winner].latency_ms:.3f} vs "
+                       f"{totals[op].latency_ms:.3f} ms); {margin_note}",
+                   {**totals[op].numbers(), **totals[winner].numbers("than_"),
+                    "margin_ms": round(totals[op].spread_ms + totals[winner].spread_ms, 6)})
+
+
+def latency_rule(p: Pruning) -> Verdicts:
+    """With ``--max-latency-ratio X``: an operator slower than X times the median parametric
+    operator goes."""
+    ratio = p.config.max_latency_ratio
+    if ratio is None:
+        return
+    totals = p.totals
+    parametric = [o for o in totals if not get_op(o).parameter_free]
+    if not parametric:
+        raise EdgenasError("--max-latency-ratio compares with the median parametric operator, "
+                           "but the profile has none", "profile a convolution too, or drop the option")
+    median = statistics.median(totals[o].latency_ms for o in parametric)
+    limit = ratio * median
+    p.notes.append(f"latency limit {ratio:g} x median parametric op ({median:.3f} ms) = {limit:.3f} ms")
+    for op in p.open_ops():
+        if totals[op].latency_ms > limit:
+            yield (op, f"{totals[op].latency_ms:.3f} ms is {totals[op].latency_ms / median:.2f} x the median "
+                       f"parametric op ({median:.3f} ms), above the limit {ratio:g} x",
+                   {**totals[op].numbers(), "median_parametric_ms": round(median, 6),
+                    "max_latency_ratio": float(ratio)})
+
+
+#: The pruning rules by name (the ``rule`` of a :class:`DroppedOp`), applied in this order.
+RULES: tuple[tuple[str, Callable[[Pruning], Verdicts]], ...] = (
+    ("user", user_rule), ("zero", zero_rule), ("kernel", kernel_rule), ("pool", pool_rule),
+    ("latency", latency_rule),
+)
+
+
 def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | None = None) -> SearchSpace:
-    """Apply the pruning rules to the profile's measured operators.
+    """Apply the pruning :data:`RULES` in order to the profile's measured operators.
 
     Every operator is compared on its cost summed over the shapes the profile measured for all
-    operators (what a network using it once at each of those positions pays):
-      user        ``--drop`` removes an op; ``--keep`` protects one from every rule below;
-      zero        ``none`` is dropped: it carries no features, DARTS only uses it to weigh edges;
-      kernel      a larger kernel is dropped when a kept smaller kernel of its family is no worse
-                  in latency, MACs, params and memory (two stacked 3x3 cover a 5x5's field);
-      pool        of parameter-free ops sharing a family (same role) one stays: the paper's
-                  (max_pool_3x3) unless another is faster by more than the measured spread;
-      latency     (optional) an op slower than X times the median parametric op is dropped.
+    operators (what a network using it once at each of those positions pays); ``--keep`` protects an
+    operator from every rule. An operator of the DARTS set the profile lacks is listed as dropped
+    by the rule ``unmeasured``, so it is never silently absent.
     """
-    from edgenas.ops import get_op
-
     measured = profile.ops()
     for name in (*config.keep, *config.drop):
         get_op(name)
@@ -238,93 +343,23 @@ def prune(profile: Profile, config: PruneConfig = PruneConfig(), source: str | N
     if not shapes:
         raise EdgenasError("no shape was measured for every operator in the profile",
                            "profile all operators at the same shapes")
-    totals = {op: op_totals(profile, op, shapes) for op in measured}
     where = f"summed over {len(shapes)} shape(s): {', '.join(map(str, shapes))}"
-    kept = list(measured)
-    dropped: list[DroppedOp] = []
-    notes: list[str] = [f"costs are {where}; {profile.units()}, mode {profile.mode}"]
-
-    def drop(op: str, rule: str, reason: str, numbers: dict[str, float]) -> None:
-        kept.remove(op)
-        dropped.append(DroppedOp(op, rule, reason, numbers))
-
+    p = Pruning(config, {op: op_totals(profile, op, shapes) for op in measured}, list(measured),
+                notes=[f"costs are {where}; {profile.units()}, mode {profile.mode}"])
     for op in DARTS_OPS:
         if op not in measured:  # never silently absent: say the space lacks it and how to add it
-            dropped.append(DroppedOp(op, "unmeasured", "the profile has no entries for it; measure it with "
-                                     f"edgenas profile --ops {op} to consider it", {}))
+            p.dropped.append(DroppedOp(op, "unmeasured", "the profile has no entries for it; measure it with "
+                                       f"edgenas profile --ops {op} to consider it", {}))
     for op in measured:
         lacking = [str(s) for s in profile.shapes() if not profile.lookup(op, s.C, s.H, s.W, s.stride)]
         if lacking:
-            notes.append(f"{op} has no entries at {', '.join(lacking)}; costs are compared without those shapes")
-    for op in config.drop:
-        drop(op, "user", "dropped by --drop", totals[op].numbers())
-    protected = set(config.keep)
-
-    for op in list(kept):
-        if get_op(op).is_zero and op not in protected:
-            drop(op, "zero", "carries no features; DARTS only uses it to weigh edges",
-                 totals[op].numbers())
-
-    # kernel rule: compare each larger kernel with the smaller kernels of its family still kept
-    for op in sorted(kept, key=lambda n: get_op(n).kernel or 0):
-        spec = get_op(op)
-        if spec.kernel is None or spec.parameter_free or op in protected:
-            continue
-        smaller = [o for o in kept if get_op(o).family == spec.family
-                   and (get_op(o).kernel or 0) < spec.kernel]
-        winner = next((o for o in smaller if totals[o].no_worse_than(totals[op])), None)
-        if winner is not None:
-            drop(op, "kernel",
-                 f"{winner} is no worse in latency, MACs, params and memory "
-                 f"({totals[winner].describe()} vs {totals[op].describe()}); stacked "
-                 f"{get_op(winner).kernel}x{get_op(winner).kernel} layers cover its receptive field",
-                 {**totals[op].numbers(), **totals[winner].numbers("than_")})
-        elif smaller:
-            notes.append(f"{op} kept: no smaller {spec.family} kernel is no worse on every count "
-                         f"({op}: {totals[op].describe()}; "
-                         + "; ".join(f"{o}: {totals[o].describe()}" for o in smaller) + ")")
-
-    # pooling rule: parameter-free ops of one family play one role; one stays
-    families: dict[str, list[str]] = {}
-    for op in kept:
-        spec = get_op(op)
-        if spec.parameter_free and not spec.is_zero:
-            families.setdefault(spec.family, []).append(op)
-    for family, members in families.items():
-        if len(members) < 2:
-            continue
-        winner, margin_note = pool_choice(members, totals)
-        notes.append(margin_note)
-        for op in members:
-            if op == winner or op in protected:
-                continue
-            drop(op, "pool",
-                 f"{winner} plays the same parameter-free {family} role ({totals[winner].latency_ms:.3f} vs "
-                 f"{totals[op].latency_ms:.3f} ms); {margin_note}",
-                 {**totals[op].numbers(), **totals[winner].numbers("than_"),
-                  "margin_ms": round(totals[op].spread_ms + totals[winner].spread_ms, 6)})
-
-    if config.max_latency_ratio is not None:
-        import statistics
-
-        parametric = [o for o in measured if not get_op(o).parameter_free]
-        if not parametric:
-            raise EdgenasError("--max-latency-ratio compares with the median parametric operator, "
-                               "but the profile has none", "profile a convolution too, or drop the option")
-        median = statistics.median(totals[o].latency_ms for o in parametric)
-        limit = config.max_latency_ratio * median
-        notes.append(f"latency limit {config.max_latency_ratio:g} x median parametric op "
-                     f"({median:.3f} ms) = {limit:.3f} ms")
-        for op in list(kept):
-            if op not in protected and totals[op].latency_ms > limit:
-                drop(op, "latency",
-                     f"{totals[op].latency_ms:.3f} ms is {totals[op].latency_ms / median:.2f} x the median "
-                     f"parametric op ({median:.3f} ms), above the limit {config.max_latency_ratio:g} x",
-                     {**totals[op].numbers(), "median_parametric_ms": round(median, 6),
-                      "max_latency_ratio": float(config.max_latency_ratio)})
+            p.notes.append(f"{op} has no entries at {', '.join(lacking)}; costs are compared without those shapes")
+    for rule, verdicts in RULES:
+        for op, reason, numbers in verdicts(p):
+            p.drop(op, rule, reason, numbers)
 
     try:
-        return SearchSpace(tuple(kept), tuple(dropped), source, tuple(notes))
+        return SearchSpace(tuple(p.kept), tuple(p.dropped), source, tuple(p.notes))
     except EdgenasError as e:
-        raise EdgenasError(f"pruning leaves {len(kept)} operator(s) ({', '.join(kept) or 'none'}): {e.message}",
+        raise EdgenasError(f"pruning leaves {len(p.kept)} operator(s) ({', '.join(p.kept) or 'none'}): {e.message}",
                            "keep more operators with --keep OP, or loosen --max-latency-ratio") from None

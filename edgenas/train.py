@@ -23,28 +23,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.data import DataBundle, describe, load_data, make_loader, parse_data_spec
+from edgenas.checkpoints import load_checkpoint
+from edgenas.data.load import DataBundle, describe, load_data
+from edgenas.data.loaders import make_loader
+from edgenas.data.spec import parse_data_spec
 from edgenas.device import amp_for_capability
 from edgenas.distributed import barrier, dist_from_env, init_distributed, sync_buffers
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, genotype_label
+from edgenas.metrics import Precision, RunningMean, evaluate, topk_correct
 from edgenas.nets import NetConfig, build_network, default_config
-from edgenas.runs import (
-    BestRule,
-    History,
-    LoopProgress,
-    LoopResult,
-    Precision,
-    RunDir,
-    RunningMean,
-    evaluate,
-    load_checkpoint,
-    run_epochs,
-    seed_everything,
-    topk_correct,
-)
+from edgenas.progress import LoopProgress
+from edgenas.rng import seed_everything
+from edgenas.run_folder import History, RunDir
+from edgenas.runs import BestRule, LoopResult, run_epochs
 from edgenas.threads import parse_threads
-from edgenas.values import check_number, check_seed, finite_fields
+from edgenas.values import FieldRule, check_fields, check_number, check_seed, finite_fields
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
@@ -83,15 +77,12 @@ class TrainConfig:
             # the auxiliary head pools to 1x1 before a BatchNorm, which needs two samples to train
             raise EdgenasError(f"--batch-size {self.batch_size} is too small for the auxiliary head's BatchNorm",
                                "use --batch-size 2 or more, or --auxiliary-weight 0 (no auxiliary head)")
-        checks = [("epochs", self.epochs >= 1), ("batch size", self.batch_size >= 1), ("lr", self.lr > 0),
-                  ("channels", self.channels >= 1), ("layers", self.layers >= 1),
-                  ("auxiliary weight", self.auxiliary_weight >= 0), ("grad clip", self.grad_clip > 0),
-                  ("cutout", self.cutout >= 0), ("label smoothing", 0 <= self.label_smoothing < 1),
-                  ("drop path", 0 <= self.drop_path < 1), ("weight decay", self.weight_decay >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise EdgenasError(f"{name} {getattr(self, name.replace(' ', '_'), '')} is out of range",
-                                   f"give a valid --{name.replace(' ', '-')}")
+        check_fields(self, (
+            FieldRule("epochs", minimum=1), FieldRule("batch_size", minimum=1), FieldRule("lr", above=0),
+            FieldRule("channels", minimum=1), FieldRule("layers", minimum=1), FieldRule("auxiliary_weight", minimum=0),
+            FieldRule("grad_clip", above=0), FieldRule("cutout", minimum=0),
+            FieldRule("label_smoothing", minimum=0, below=1), FieldRule("drop_path", minimum=0, below=1),
+            FieldRule("weight_decay", minimum=0)))
         if self.amp not in AMP_CHOICES:
             raise EdgenasError(f"unknown --amp {self.amp!r}", f"use one of {', '.join(AMP_CHOICES)}")
 

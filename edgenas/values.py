@@ -128,8 +128,13 @@ class FieldRule:
     minimum: float | None = None
     maximum: float | None = None
     above: float | None = None
+    below: float | None = None
     integer: bool = False
     required: bool = True
+
+    def check(self, value: Any, name: str, hint: str = "") -> None:
+        check_number(value, name, minimum=self.minimum, maximum=self.maximum, above=self.above, below=self.below,
+                     integer=self.integer, hint=hint)
 
 
 def check_record(record: dict[str, Any], rules: tuple[FieldRule, ...], where: str, fix: str) -> None:
@@ -143,10 +148,21 @@ def check_record(record: dict[str, Any], rules: tuple[FieldRule, ...], where: st
                 raise EdgenasError(f"{where}: field {rule.path!r} is missing", fix)
             continue
         try:
-            check_number(value, rule.path, minimum=rule.minimum, maximum=rule.maximum, above=rule.above,
-                         integer=rule.integer)
+            rule.check(value, rule.path)
         except EdgenasError as e:
             raise EdgenasError(f"{where}: {e.message}", fix) from None
+
+
+def check_fields(config: Any, rules: tuple[FieldRule, ...], *, flags: bool = True) -> None:
+    """Check fields of a config dataclass against their rules, in order; a field that is ``None``
+    passes a rule with ``required=False`` (its default applies later). The error names the field
+    as its command-line option (``batch_size`` -> ``--batch-size``), or as itself when ``flags`` is
+    false (configs built by the library, not from options), with its value and the bound it broke."""
+    for rule in rules:
+        value = getattr(config, rule.path)
+        if value is None and not rule.required:
+            continue
+        rule.check(value, "--" + rule.path.replace("_", "-") if flags else rule.path)
 
 
 _MISSING = object()

@@ -291,7 +291,7 @@ def test_run_folders_of_failed_runs_are_left_clean(tmp_path, monkeypatch):
 # --- inputs that must now work ------------------------------------------------------------------
 
 def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
-    from edgenas.data import load_data
+    from edgenas.data.load import load_data
 
     root = image_folder(tmp_path / "if16", ["a", "b"], dtype=np.uint16, scale=65535)
     bundle = load_data(f"imagefolder:{root}")
@@ -406,7 +406,8 @@ def _loop(run_dir, epochs, *, fn=None, resume=False, stop_after=None):
 
 
 def test_a_best_pt_left_stale_by_a_kill_is_repaired_on_resume(tmp_path):
-    from edgenas.runs import RunDir, load_checkpoint
+    from edgenas.checkpoints import load_checkpoint
+    from edgenas.run_folder import RunDir
 
     run_dir = RunDir(tmp_path / "r")
     _loop(run_dir, 3, stop_after=2)
@@ -435,7 +436,8 @@ def test_best_pt_is_written_before_last_pt(tmp_path, monkeypatch):
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    from edgenas.runs import RunDir, load_checkpoint
+    from edgenas.checkpoints import load_checkpoint
+    from edgenas.run_folder import RunDir
 
     run_dir = RunDir(tmp_path / "r")
     with pytest.raises(EdgenasError, match=r"epoch 3: train_loss is nan.*keeps epoch 2"):
@@ -451,7 +453,7 @@ def test_search_stops_on_a_diverged_loss(tmp_path):
 
 
 def test_search_diverging_after_a_good_epoch_keeps_that_epoch_only(tmp_path, monkeypatch):
-    from edgenas.runs import load_checkpoint
+    from edgenas.checkpoints import load_checkpoint
     from edgenas.search import loop
 
     real = loop.BilevelStep.weight_step

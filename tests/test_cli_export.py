@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from edgenas.checkpoints import load_checkpoint, save_checkpoint
 from edgenas.cli import app
 from edgenas.export import OrtModel
-from edgenas.runs import load_checkpoint, save_checkpoint
 
 FAST = ["--runs", "2", "--warmup", "1", "--test-subset", "10"]
 

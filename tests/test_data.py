@@ -10,16 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from edgenas.data import (
-    FASHION_MNIST_DIR,
-    Augment,
-    ImageTensors,
-    balanced_subset,
-    load_data,
-    make_loader,
-    parse_data_spec,
-    search_split,
-)
+from edgenas.data.load import load_data, search_split
+from edgenas.data.loaders import make_loader
+from edgenas.data.prepare import balanced_subset
+from edgenas.data.sources import FASHION_MNIST_DIR
+from edgenas.data.spec import parse_data_spec
+from edgenas.data.tensors import Augment, ImageTensors
 from edgenas.distributed import DistInfo
 from edgenas.errors import EdgenasError
 

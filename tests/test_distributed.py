@@ -10,10 +10,13 @@ import textwrap
 import pytest
 import torch
 
-from edgenas.data import load_data, make_loader
+from edgenas.checkpoints import load_checkpoint
+from edgenas.data.load import load_data
+from edgenas.data.loaders import make_loader
 from edgenas.genotypes import get_genotype
+from edgenas.metrics import evaluate
 from edgenas.nets import NetConfig, build_network
-from edgenas.runs import History, evaluate, load_checkpoint
+from edgenas.run_folder import History
 
 SCRIPT = textwrap.dedent("""
     import sys

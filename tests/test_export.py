@@ -93,8 +93,8 @@ def test_report_verification_matches_pytorch_evaluation(exported: tuple[Path, di
     t = v["test"]
     assert t["n"] == 25 and t["agree"] == 25 and t["ort_top1"] == t["torch_top1"]
     # the same accuracy through the project's one evaluation loop
-    from edgenas.data import make_loader
-    from edgenas.runs import evaluate
+    from edgenas.data.loaders import make_loader
+    from edgenas.metrics import evaluate
 
     net = load_trained(tiny_train_run)
     bundle = load_export_data(net, None, ExportSettings())

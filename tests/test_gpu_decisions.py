@@ -56,7 +56,7 @@ def test_amp_for_capability(cap, want):
 
 
 def test_auto_amp_asks_the_runs_device_not_the_current_one(monkeypatch):
-    from edgenas.runs import Precision
+    from edgenas.metrics import Precision
     from edgenas.train import TrainConfig, resolve_precision
 
     asked = []
@@ -232,7 +232,7 @@ def test_cost_model_builds_its_device_tables_once():
 # --- batches: one transfer of the random draws -----------------------------------------------------------
 
 def test_batch_draws_move_in_one_transfer_and_keep_their_values():
-    from edgenas.data import Augment, ImageTensors
+    from edgenas.data.tensors import Augment, ImageTensors
 
     images = torch.randint(0, 256, (7, 3, 8, 9), dtype=torch.uint8)
     for aug in (Augment(crop_pad=2, flip=True, cutout=4), Augment(flip=True), Augment(cutout=4)):

@@ -9,20 +9,12 @@ import pytest
 import torch
 from torch import nn
 
+from edgenas.checkpoints import load_checkpoint, save_checkpoint
 from edgenas.errors import EdgenasError
-from edgenas.runs import (
-    BestRule,
-    History,
-    RunDir,
-    accuracy,
-    capture_rng_state,
-    evaluate,
-    load_checkpoint,
-    restore_rng_state,
-    run_epochs,
-    save_checkpoint,
-    seed_everything,
-)
+from edgenas.metrics import accuracy, evaluate
+from edgenas.rng import capture_rng_state, restore_rng_state, seed_everything
+from edgenas.run_folder import History, RunDir
+from edgenas.runs import BestRule, run_epochs
 
 
 def test_rng_capture_restore_replays_every_generator():

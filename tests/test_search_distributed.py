@@ -23,8 +23,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from edgenas.checkpoints import load_checkpoint
 from edgenas.cli import app
-from edgenas.runs import History, load_checkpoint
+from edgenas.run_folder import History
 from edgenas.search import make_method
 from edgenas.search.loop import SearchConfig, check_resume_layout, search
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from edgenas.genotypes import load_genotype
-from edgenas.runs import History, seed_everything
+from edgenas.rng import seed_everything
+from edgenas.run_folder import History
 from edgenas.search import METHODS, make_method
 from edgenas.search.loop import SearchConfig, search, skip_count
 from edgenas.search.supernet import Supernet, SupernetConfig

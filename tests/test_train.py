@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from edgenas.checkpoints import load_checkpoint
 from edgenas.cli import app
 from edgenas.genotypes import get_genotype
-from edgenas.runs import History, load_checkpoint
+from edgenas.run_folder import History
 from edgenas.train import TrainConfig, protocol_defaults, train
 
 CPU = torch.device("cpu")
@@ -163,7 +164,7 @@ def test_cli_resume_refuses_a_foreign_or_missing_checkpoint(tmp_path):
 
 
 def test_precision_amp_off_on_cpu_unless_asked(tmp_path):
-    from edgenas.runs import Precision
+    from edgenas.metrics import Precision
     from edgenas.train import resolve_precision
 
     assert resolve_precision(_tiny_cfg(), CPU) == Precision(None, True)

@@ -33,7 +33,7 @@ from edgenas.export.verify import (
 )
 
 if TYPE_CHECKING:
-    from edgenas.data import DataBundle
+    from edgenas.data.load import DataBundle
 
 FP16_DROP_WARN = 0.5  # top-1 points below fp32 worth a warning (fp16 should cost almost nothing)
 

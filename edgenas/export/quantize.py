@@ -18,7 +18,7 @@ from edgenas.export.trained import TrainedNet
 from edgenas.export.verify import AccuracyCheck, _top1, collect_logits, parity_inputs, session_parity
 
 if TYPE_CHECKING:
-    from edgenas.data import DataBundle
+    from edgenas.data.load import DataBundle
 
 INT8_DROP_WARN = 1.0  # accuracy points
 # ORT's QDQ quantiser handles these; BatchNormalization is left out on purpose: the one BN no

@@ -50,7 +50,7 @@ from edgenas.nets import AUX_PREFIX, cell_shapes
 from edgenas.profiling import load_profile
 
 if TYPE_CHECKING:
-    from edgenas.data import DataBundle
+    from edgenas.data.load import DataBundle
     from edgenas.profiling import Profile
 
 MOBILE_MACS = 600_000_000

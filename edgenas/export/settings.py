@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgenas.errors import EdgenasError
+from edgenas.values import FieldRule, check_fields
 
 FORMAT = "edgenas.export"
 VERSION = 1
@@ -96,18 +97,14 @@ class ExportSettings:
         if not lo <= self.opset <= hi:
             raise EdgenasError(f"opset {self.opset} is outside what the {self.exporter} exporter writes "
                                f"({lo}..{hi})", f"use --opset between {lo} and {hi}")
-        checks = [("batch", self.batch >= 1), ("calibration", self.calibration >= 1), ("runs", self.runs >= 1),
-                  ("max warmup", self.max_warmup >= 1), ("threads", self.threads >= 0), ("atol", self.atol > 0),
-                  ("eval batch", self.eval_batch >= 1), ("random batches", self.random_batches >= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise EdgenasError(f"{name} {getattr(self, name.replace(' ', '_'))} is out of range",
-                                   f"give a positive --{name.replace(' ', '-')}")
+        check_fields(self, (
+            FieldRule("batch", minimum=1), FieldRule("calibration", minimum=1), FieldRule("runs", minimum=1),
+            FieldRule("max_warmup", minimum=1), FieldRule("threads", minimum=0), FieldRule("atol", above=0),
+            FieldRule("eval_batch", minimum=1), FieldRule("random_batches", minimum=1),
+            FieldRule("test_subset", minimum=1, required=False)), flags=False)
         if self.latency_budget_ms is not None and not 0 < self.latency_budget_ms < float("inf"):
             raise EdgenasError(f"latency budget {self.latency_budget_ms} ms is not a positive number",
                                "give e.g. --latency-budget 12ms")
-        if self.test_subset is not None and self.test_subset < 1:
-            raise EdgenasError(f"test subset {self.test_subset} is not positive", "give --test-subset 1 or more")
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise EdgenasError(f"unknown quantisation {self.quantize!r}", f"use --quantize {'|'.join(QUANTIZE_MODES)}")
         if self.precision not in PRECISIONS:

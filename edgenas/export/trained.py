@@ -15,7 +15,7 @@ from edgenas.genotypes import Genotype
 from edgenas.nets import NetConfig, build_network
 
 if TYPE_CHECKING:
-    from edgenas.data import DataBundle
+    from edgenas.data.load import DataBundle
 
 
 @dataclass
@@ -40,7 +40,8 @@ class TrainedNet:
 
 def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") -> TrainedNet:
     """The network of a train run folder (``best.pt``, else ``last.pt``) or of one checkpoint file."""
-    from edgenas.runs import RunDir, load_checkpoint
+    from edgenas.checkpoints import load_checkpoint
+    from edgenas.run_folder import RunDir
 
     path = Path(path)
     if not path.exists():
@@ -130,7 +131,8 @@ def _check_data(net: TrainedNet, bundle: DataBundle) -> None:
 
 def load_export_data(net: TrainedNet, data: str | None, settings: ExportSettings) -> DataBundle:
     """The test split (and calibration images) with the network's own normalisation."""
-    from edgenas.data import ImageTensors, load_data
+    from edgenas.data.load import load_data
+    from edgenas.data.tensors import ImageTensors
 
     spec = data or net.data
     if not spec:

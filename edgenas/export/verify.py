@@ -22,7 +22,7 @@ from edgenas.export.settings import ExportSettings, Tolerance, tolerance_for
 from edgenas.export.trained import TrainedNet
 
 if TYPE_CHECKING:
-    from edgenas.data import ImageTensors
+    from edgenas.data.tensors import ImageTensors
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class AccuracyCheck:
 
 
 def _top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    from edgenas.runs import accuracy
+    from edgenas.metrics import accuracy
 
     return accuracy(logits, labels, (1,))[0]
 
@@ -76,7 +76,7 @@ def collect_logits(model: nn.Module | None, runners: Sequence[OrtModel], test: I
                    device: torch.device, eval_batch: int) -> Logits:
     """Logits of every test image from PyTorch (when ``model`` is given) and from each ORT runner,
     and the labels; one pass over the data feeds every runtime the same normalised batch."""
-    from edgenas.data import make_loader
+    from edgenas.data.loaders import make_loader
 
     torch_out: list[torch.Tensor] = []
     ort_out: list[list[torch.Tensor]] = [[] for _ in runners]

@@ -561,7 +561,7 @@ def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps
     """
     if not spec.active:
         return None
-    from edgenas.data import load_data
+    from edgenas.data.load import load_data
 
     bundle = load_data(data, subset=2, seed=seed)
     if spec.setting != "imagenet-mobile":

@@ -40,7 +40,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
+from edgenas.checkpoints import load_checkpoint
+from edgenas.data.load import describe, load_data, search_split
+from edgenas.data.loaders import make_loader
+from edgenas.data.spec import parse_data_spec
 from edgenas.distributed import (
     average_gradients,
     dist_from_env,
@@ -51,25 +54,19 @@ from edgenas.distributed import (
 from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype, save_genotype
+from edgenas.metrics import RunningMean, topk_correct
 from edgenas.ops import get_op
-from edgenas.runs import (
-    History,
-    LoopProgress,
-    LoopResult,
-    RunDir,
-    RunningMean,
-    load_checkpoint,
-    run_epochs,
-    seed_everything,
-    topk_correct,
-)
+from edgenas.progress import LoopProgress
+from edgenas.rng import seed_everything
+from edgenas.run_folder import History, RunDir
+from edgenas.runs import LoopResult, run_epochs
 from edgenas.search.budgets import CELL_TYPES, derive
 from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
 from edgenas.space import SearchSpace
 from edgenas.threads import parse_threads
-from edgenas.values import check_number, check_seed, finite_fields
+from edgenas.values import FieldRule, check_fields, check_number, check_seed, finite_fields
 
 OpWeights = Mapping[str, torch.Tensor]
 EdgeWeights = Mapping[str, "torch.Tensor | None"]
@@ -119,21 +116,15 @@ class SearchConfig:
         check_number(self.momentum, "momentum", minimum=0, below=1)
         for i, beta in enumerate(self.arch_betas):
             check_number(beta, f"arch_betas[{i}]", minimum=0, below=1)
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("channels", self.channels >= 2), ("nodes", self.nodes >= 1),
-                  ("layers", self.layers is None or self.layers >= 1),
-                  ("warmup_epochs", self.warmup_epochs is None or 0 <= self.warmup_epochs < self.epochs),
-                  ("subset", self.subset is None or self.subset >= 1), ("lr", self.lr is None or self.lr > 0),
-                  ("arch_lr", self.arch_lr > 0), ("grad_clip", self.grad_clip > 0),
-                  ("accumulate", 1 <= self.accumulate <= self.batch_size)]
-        for name, ok in checks:
-            if ok:
-                continue
-            flag, value = f"--{name.replace('_', '-')}", getattr(self, name)
-            if name == "warmup_epochs":
-                raise EdgenasError(f"{flag} {value} is not below --epochs {self.epochs}",
-                                   "architecture updates must start before the last epoch")
-            raise EdgenasError(f"{flag} {value} is out of range", "give a valid value")
+        check_fields(self, (
+            FieldRule("epochs", minimum=1), FieldRule("batch_size", minimum=1), FieldRule("channels", minimum=2),
+            FieldRule("nodes", minimum=1), FieldRule("layers", minimum=1, required=False),
+            FieldRule("warmup_epochs", minimum=0, required=False), FieldRule("subset", minimum=1, required=False),
+            FieldRule("lr", above=0, required=False), FieldRule("arch_lr", above=0), FieldRule("grad_clip", above=0),
+            FieldRule("accumulate", minimum=1, maximum=self.batch_size)))
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
+            raise EdgenasError(f"--warmup-epochs {self.warmup_epochs} is not below --epochs {self.epochs}",
+                               "architecture updates must start before the last epoch")
 
     @property
     def learning_rate(self) -> float:

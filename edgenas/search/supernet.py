@@ -33,6 +33,7 @@ from edgenas.errors import EdgenasError
 from edgenas.ops import ChannelAttention, DilConv, FactorizedReduce, ReLUConvBN, SepConv, get_op
 from edgenas.search.budgets import CELL_TYPES, num_edges
 from edgenas.search.fast_cpu import accelerate, norm_mix
+from edgenas.values import FieldRule, check_fields
 
 if TYPE_CHECKING:
     from edgenas.search.methods.base import Method
@@ -68,10 +69,8 @@ class SupernetConfig:
         if all(get_op(n).is_zero for n in self.ops):
             raise EdgenasError("the search space has no operator other than 'none'",
                                "add a real operator to the space")
-        for name, low in (("C", 2), ("layers", 1), ("steps", 1), ("num_classes", 2), ("in_channels", 1)):
-            if getattr(self, name) < low:
-                raise EdgenasError(f"{name} must be at least {low}, got {getattr(self, name)}",
-                                   f"give {name} >= {low}")
+        check_fields(self, (FieldRule("C", minimum=2), FieldRule("layers", minimum=1), FieldRule("steps", minimum=1),
+                            FieldRule("num_classes", minimum=2), FieldRule("in_channels", minimum=1)), flags=False)
         if self.C % 2:
             raise EdgenasError(f"channel count {self.C} is odd: FactorizedReduce halves it",
                                "use an even --channels (e.g. 16)")

@@ -112,8 +112,8 @@ def test_out_of_memory_is_one_skipped_entry_and_profiling_goes_on():
 
 @pytest.mark.parametrize("resident", [True, False])
 def test_gpu_batches_equal_cpu_batches(resident, monkeypatch):
-    from edgenas import data
-    from edgenas.data import Augment, ImageTensors
+    from edgenas.data import tensors as data
+    from edgenas.data.tensors import Augment, ImageTensors
 
     if not resident:
         monkeypatch.setattr(data, "RESIDENT_FRACTION", 0.0)  # force the pinned staging path
