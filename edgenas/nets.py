@@ -1,7 +1,8 @@
 """Evaluation networks built from a genotype, following the DARTS evaluation protocol.
 
 Liu et al., "DARTS: Differentiable Architecture Search" (ICLR 2019), Sec. 3.2 and A.2: a stack of
-``L`` cells with reduction cells at ``L//3`` and ``2L//3`` (channels doubled there). Each cell
+``L`` cells with reduction cells at ``L//3`` and ``2L//3`` (channels doubled there; shorter stacks
+by :func:`edgenas.cells.reduction_cells`). Each cell
 preprocesses its two inputs to ``C`` channels (FactorizedReduce for the k-2 input when the previous
 cell halved the resolution, ReLU-conv1x1-BN otherwise), runs the genotype's edges (stride 2 for a
 reduction cell's edges that read a cell input), sums the two edges of each node and concatenates
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from edgenas.cells import edge_stride, reduction_cells
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Edge, Genotype
 from edgenas.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
@@ -72,8 +74,8 @@ class NetConfig:
 
     @property
     def reduction_cells(self) -> tuple[int, ...]:
-        """Indices of the reduction cells (one index when L//3 == 2L//3 on very short nets)."""
-        return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+        """Indices of the reduction cells (:func:`edgenas.cells.reduction_cells`)."""
+        return reduction_cells(self.layers)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -154,10 +156,6 @@ class OpShape(NamedTuple):
     stride: int
 
 
-def _edge_stride(reduction: bool, idx: int) -> int:
-    return 2 if reduction and idx < 2 else 1
-
-
 def cell_shapes(genotype: Genotype, cfg: NetConfig) -> list[OpShape]:
     """Every cell operator the evaluation network runs, one entry per instance, in network order.
 
@@ -173,7 +171,7 @@ def edge_shape(plan: CellPlan, op: str, idx: int) -> OpShape:
     # Inputs 0/1 are at the cell input resolution; intermediate nodes of a reduction cell are
     # already reduced.
     h, w = plan.hw if idx < 2 or not plan.reduction else (_half(plan.hw[0]), _half(plan.hw[1]))
-    return OpShape(op, plan.C, h, w, _edge_stride(plan.reduction, idx))
+    return OpShape(op, plan.C, h, w, edge_stride(plan.reduction, idx))
 
 
 # --- blocks ---------------------------------------------------------------------------------------
@@ -197,7 +195,7 @@ class Cell(nn.Module):
             self.preprocess0 = ReLUConvBN(plan.C_prev_prev, C, 1, 1, 0, affine=True, **kw)
         self.preprocess1 = ReLUConvBN(plan.C_prev, C, 1, 1, 0, affine=True, **kw)
         self.ops = nn.ModuleList(
-            build_op(op, C, _edge_stride(plan.reduction, idx), True, **kw) for op, idx in edges
+            build_op(op, C, edge_stride(plan.reduction, idx), True, **kw) for op, idx in edges
         )
         self.indices = tuple(idx for _, idx in edges)
         self.concat = concat

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from edgenas.cells import edge_inputs, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.search.budgets import (
     Budget,
     BudgetInfeasible,
     CostModel,
     derive,
-    edge_inputs,
-    num_edges,
 )
 
 OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")

@@ -204,8 +204,9 @@ def test_mixed_op_and_partial_node_index_with_buffers():
 def test_cost_model_builds_its_device_tables_once():
     import numpy as np
 
+    from edgenas.cells import num_edges
     from edgenas.ops import DARTS_OPS
-    from edgenas.search.budgets import CostModel, num_edges
+    from edgenas.search.budgets import CostModel
 
     steps = 2
     tables = {t: np.arange((steps + 1) * len(DARTS_OPS), dtype=float).reshape(steps + 1, -1)

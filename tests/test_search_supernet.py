@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from edgenas.cells import edge_inputs
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
 from edgenas.search import METHODS, make_method, supernet
-from edgenas.search.budgets import edge_inputs
 from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, _colsum, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax

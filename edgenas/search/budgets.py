@@ -39,28 +39,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.cells import CELL_TYPES, edge_inputs, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
 from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 
-CELL_TYPES = ("normal", "reduce")
 BUDGET_FORMAT = "edgenas.budget-check"  # budget.json: constrained vs unconstrained genotype
 _LOG_FLOOR = 1e-30  # a weight of exactly 0 would give -inf scores and break ties arbitrarily
-
-
-def edge_inputs(steps: int) -> list[tuple[int, int]]:
-    """(node, input index) of every edge of a cell in the DARTS order: node by node, inputs ascending."""
-    return [(node, i) for node in range(steps) for i in range(node + 2)]
 
 
 def real_ops(ops: Sequence[str]) -> list[int]:
     """Column indices of the operators derivation can pick (all but ``none``)."""
     return [j for j, op in enumerate(ops) if not get_op(op).is_zero]
-
-
-def num_edges(steps: int) -> int:
-    return steps * (steps + 3) // 2
 
 
 @dataclass(frozen=True)

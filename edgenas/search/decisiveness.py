@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.cells import CELL_TYPES, edge_inputs
 from edgenas.genotypes import Genotype
-from edgenas.search.budgets import CELL_TYPES, edge_inputs, real_ops
+from edgenas.search.budgets import real_ops
 
 #: An edge whose strongest operator leads the second by less than this (in weight, after dropping
 #: ``none``) is undecided: see the module docstring for where the value comes from.

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES
 from edgenas.data import describe, load_data, make_loader, parse_data_spec, search_split
 from edgenas.distributed import (
     average_gradients,
@@ -63,7 +64,7 @@ from edgenas.runs import (
     seed_everything,
     topk_correct,
 )
-from edgenas.search.budgets import CELL_TYPES, derive
+from edgenas.search.budgets import derive
 from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
