@@ -42,12 +42,12 @@ from edgenas.device import cpu_model
 from edgenas.export.runtime import physical_cores
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.latency import measure_network, predict_latency
+from edgenas.nets import setting_config
 from edgenas.ops import DARTS_OPS
 from edgenas.profiling import (
     Profile,
     ProfileSettings,
     profile_ops,
-    setting_config,
     setting_shapes,
 )
 

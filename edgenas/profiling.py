@@ -82,7 +82,7 @@ from edgenas.export.runtime import (
 from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
-from edgenas.nets import NetConfig, build_network, cell_shapes, default_config
+from edgenas.nets import SETTINGS, NetConfig, build_network, cell_shapes, default_config, edge_shape, plan_cells
 from edgenas.ops import DARTS_OPS, OPS, get_op
 from edgenas.values import FieldRule, check_record, finite_fields
 
@@ -184,26 +184,12 @@ REFERENCE_GENOTYPE = Genotype(
 #: Intermediate nodes per cell of the networks a fixed part describes (the DARTS space's 4).
 STEPS = 4
 
-#: The settings ``edgenas profile --setting`` knows: the evaluation network's defaults there.
-PROFILE_SETTINGS = ("cifar10", "cifar100", "imagenet-mobile")
-
-
-def setting_config(setting: str, *, channels: int | None = None, layers: int | None = None,
-                   input_hw: tuple[int, int] | None = None, num_classes: int | None = None) -> NetConfig:
-    """The evaluation network of ``setting`` (its published defaults, fields replaced where given)."""
-    over = {k: v for k, v in (("C", channels), ("layers", layers), ("input_hw", input_hw),
-                              ("num_classes", num_classes)) if v is not None}
-    return default_config(setting, **over)
-
-
 def setting_shapes(cfg: NetConfig) -> list[Shape]:
     """Every distinct operator input shape an evaluation network of ``cfg`` can have.
 
     Every edge of every cell, whatever its operator: inputs 0/1 (stride 2 in a reduction cell) and
     the intermediate nodes, so any genotype of the space is covered.
     """
-    from edgenas.nets import edge_shape, plan_cells
-
     shapes: list[Shape] = []
     for plan in plan_cells(REFERENCE_GENOTYPE, cfg):
         for idx in range(STEPS + 1):
@@ -539,7 +525,7 @@ ENTRY_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
 )
 #: Fields of a fixed part.
 PART_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
-    ("setting", str, _one_of(PROFILE_SETTINGS), _REQUIRED),
+    ("setting", str, _one_of(SETTINGS), _REQUIRED),
     ("C", int, _no_check, _REQUIRED),
     ("layers", int, _no_check, _REQUIRED),
     ("H", int, _no_check, _REQUIRED),

@@ -420,11 +420,10 @@ class BudgetSpec:
         return self.mac_budget is not None or self.latency_budget_ms is not None
 
     def net_config(self, in_channels: int = 3):
-        from edgenas.nets import default_config
+        from edgenas.nets import setting_config
 
-        over = {k: v for k, v in (("C", self.channels), ("layers", self.layers), ("input_hw", self.input_hw),
-                                  ("num_classes", self.num_classes)) if v is not None}
-        return default_config(self.setting, in_channels=in_channels, **over)
+        return setting_config(self.setting, channels=self.channels, layers=self.layers, input_hw=self.input_hw,
+                              num_classes=self.num_classes, in_channels=in_channels)
 
 
 def parse_latency(text: str | float, what: str = "latency budget") -> float:
@@ -473,8 +472,8 @@ class BudgetPlan:
 
     def measure(self, genotype: Genotype) -> dict[str, Any]:
         """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
-        from edgenas.costs import network_macs
         from edgenas.latency import predict_latency
+        from edgenas.network_costs import network_macs
 
         out: dict[str, Any] = {"macs": network_macs(genotype, self.cfg)}
         if self.profile is not None:
