@@ -12,6 +12,11 @@ from __future__ import annotations
 CELL_TYPES = ("normal", "reduce")
 
 
+def cell_type(reduction: bool) -> str:
+    """The name of a reduction or a normal cell's type."""
+    return CELL_TYPES[1] if reduction else CELL_TYPES[0]
+
+
 def edge_inputs(steps: int) -> list[tuple[int, int]]:
     """(node, input index) of every edge of a cell in the DARTS order: node by node, inputs ascending."""
     return [(node, i) for node in range(steps) for i in range(node + 2)]

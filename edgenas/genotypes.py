@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas.cells import CELL_TYPES
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, write_json
 
@@ -47,7 +48,7 @@ class Genotype:
     reduce_concat: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        for cell in ("normal", "reduce"):
+        for cell in CELL_TYPES:
             object.__setattr__(self, cell, tuple((op, idx) for op, idx in getattr(self, cell)))
             object.__setattr__(self, f"{cell}_concat", tuple(getattr(self, f"{cell}_concat")))
 
@@ -113,7 +114,7 @@ class Genotype:
 
         prefix = f"{where}: " if where else ""
         allowed = None if allowed_ops is None else tuple(allowed_ops)
-        for cell in ("normal", "reduce"):
+        for cell in CELL_TYPES:
             edges, concat = self.cell(cell == "reduce")
             if not edges or len(edges) % 2:
                 raise EdgenasError(

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenas.cells import CELL_TYPES, edge_inputs, num_edges
+from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
@@ -342,7 +342,7 @@ def _edge_tables(cfg, ops: Sequence[str], steps: int, cost_of) -> dict[str, np.n
 
     tables = {t: np.zeros((steps + 1, len(ops))) for t in CELL_TYPES}
     for plan in plan_cells(reference_genotype(ops, steps), cfg):
-        tab = tables["reduce" if plan.reduction else "normal"]
+        tab = tables[cell_type(plan.reduction)]
         for o, op in enumerate(ops):
             if get_op(op).is_zero:
                 continue
