@@ -10,6 +10,8 @@ from __future__ import annotations
 
 #: The two cell types a genotype describes, in the order of a genotype's fields.
 CELL_TYPES = ("normal", "reduce")
+#: Intermediate nodes of the DARTS cell.
+DARTS_STEPS = 4
 
 
 def cell_type(reduction: bool) -> str:
@@ -20,6 +22,11 @@ def cell_type(reduction: bool) -> str:
 def edge_inputs(steps: int) -> list[tuple[int, int]]:
     """(node, input index) of every edge of a cell in the DARTS order: node by node, inputs ascending."""
     return [(node, i) for node in range(steps) for i in range(node + 2)]
+
+
+def node_states(steps: int) -> tuple[int, ...]:
+    """The states of a cell's intermediate nodes (2 .. steps + 1): what a DARTS cell concatenates."""
+    return tuple(range(2, steps + 2))
 
 
 def num_edges(steps: int) -> int:

@@ -312,7 +312,8 @@ class EvalNetwork(nn.Module):
                 nn.Conv2d(cfg.in_channels, 3 * C, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(3 * C, **kw))
             self.stem1 = None
         self.cells = nn.ModuleList()
-        self.aux_after = 2 * cfg.layers // 3
+        # DARTS' auxiliary head reads the last reduction cell's output (cell 2L//3)
+        self.aux_after = cfg.reduction_cells[-1] if cfg.reduction_cells else cfg.layers - 1
         self.auxiliary: AuxiliaryHead | None = None
         C_out = 0
         for plan in plan_cells(genotype, cfg):

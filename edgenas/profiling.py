@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.cells import DARTS_STEPS, node_states
 from edgenas.costs import MAC_CONVENTION, count_macs, count_params
 from edgenas.device import (
     DTYPES,
@@ -176,13 +177,12 @@ def parse_shapes(text: str) -> list[Shape]:
 REFERENCE_GENOTYPE = Genotype(
     normal=(("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 2), ("skip_connect", 1),
             ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 4), ("skip_connect", 3)),
-    normal_concat=(2, 3, 4, 5),
+    normal_concat=node_states(DARTS_STEPS),
     reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("skip_connect", 2),
             ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 4), ("skip_connect", 3)),
-    reduce_concat=(2, 3, 4, 5),
+    reduce_concat=node_states(DARTS_STEPS),
 )
-#: Intermediate nodes per cell of the networks a fixed part describes (the DARTS space's 4).
-STEPS = 4
+
 
 def setting_shapes(cfg: NetConfig) -> list[Shape]:
     """Every distinct operator input shape an evaluation network of ``cfg`` can have.
@@ -192,7 +192,7 @@ def setting_shapes(cfg: NetConfig) -> list[Shape]:
     """
     shapes: list[Shape] = []
     for plan in plan_cells(REFERENCE_GENOTYPE, cfg):
-        for idx in range(STEPS + 1):
+        for idx in range(DARTS_STEPS + 1):
             s = edge_shape(plan, "x", idx)
             shape = Shape(s.C, s.H, s.W, s.stride)
             if shape not in shapes:
@@ -211,7 +211,7 @@ class NetKey:
     W: int
     num_classes: int
     in_channels: int
-    steps: int = STEPS
+    steps: int = DARTS_STEPS
 
     @classmethod
     def of(cls, cfg: NetConfig) -> NetKey:
@@ -532,7 +532,7 @@ PART_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
     ("W", int, _no_check, _REQUIRED),
     ("num_classes", int, _no_check, _REQUIRED),
     ("in_channels", int, _no_check, _REQUIRED),
-    ("steps", int, _no_check, STEPS),
+    ("steps", int, _no_check, DARTS_STEPS),
     ("network_ms", _NUMBER, _no_check, _REQUIRED),
     ("reference_ops_ms", _NUMBER, _no_check, _REQUIRED),
     ("stable", bool, _no_check, True),

@@ -34,3 +34,9 @@ def test_short_networks_use_both_cell_types() -> None:
     assert [c.reduction for c in two.cells] == [False, True]
     one = build_network(g, default_config("cifar10", C=4, layers=1, input_hw=(1, 1)))
     assert [c.reduction for c in one.cells] == [False]
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 5])
+def test_auxiliary_head_reads_the_last_reduction_cell(layers: int) -> None:
+    net = build_network(GENOTYPES["DARTS_V2"], default_config("cifar10", C=2, layers=layers, input_hw=(8, 8)))
+    assert net.aux_after == 2 * layers // 3  # DARTS' place, cell 2L//3

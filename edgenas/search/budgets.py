@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, num_edges
+from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, node_states, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
@@ -314,7 +314,7 @@ def derive(
     cells: dict[str, list[tuple[str, int]]] = {t: [] for t in CELL_TYPES}
     for (t, _, _, _, labels), choice in zip(groups, front.choices[best]):
         cells[t].extend((ops[o], i) for i, o in labels[choice])
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     genotype = Genotype(normal=tuple(cells["normal"]), normal_concat=concat,
                         reduce=tuple(cells["reduce"]), reduce_concat=concat)
     costs_out = {m.resource: m.genotype_cost(genotype) for m in models}
@@ -332,7 +332,7 @@ def reference_genotype(ops: Sequence[str], steps: int) -> Genotype:
     """
     op = next(o for o in ops if not get_op(o).is_zero)
     edges = tuple((op, i) for _ in range(steps) for i in (0, 1))
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     return Genotype(normal=edges, normal_concat=concat, reduce=edges, reduce_concat=concat)
 
 
