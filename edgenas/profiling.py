@@ -129,19 +129,6 @@ class ShapeKey:
         return f"{self.op}@{self.shape}"
 
 
-#: The default DARTS search supernet on CIFAR (C=16, 8 cells, reductions at cells 2 and 5) runs
-#: its cell operators at these shapes. A reduction cell's stride-2 edges see C_curr channels at
-#: the previous resolution (its inputs are preprocessed to C_curr before the ops), so reduction
-#: 1 runs ops on 32 channels of 32x32 at stride 2 and reduction 2 on 64 channels of 16x16; its
-#: stride-1 edges (between intermediate nodes) match the following normal cells' shapes.
-DEFAULT_SHAPES: tuple[Shape, ...] = (
-    Shape(16, 32, 32, 1),
-    Shape(32, 32, 32, 2),
-    Shape(32, 16, 16, 1),
-    Shape(64, 16, 16, 2),
-    Shape(64, 8, 8, 1),
-)
-
 _SHAPE_RE = re.compile(r"(\d+)x(\d+)x(\d+)(?::(\d+))?")
 
 
@@ -198,6 +185,12 @@ def setting_shapes(cfg: NetConfig) -> list[Shape]:
             if shape not in shapes:
                 shapes.append(shape)
     return shapes
+
+
+#: The shapes the default DARTS search supernet on CIFAR (C=16, 8 cells, 32x32) runs its cell
+#: operators at: its edges see the widths and resolutions of the evaluation network of the same
+#: width and depth (the two differ in stems and preprocessing only, which are not operators).
+DEFAULT_SHAPES: tuple[Shape, ...] = tuple(setting_shapes(default_config("cifar10", C=16, layers=8)))
 
 
 @dataclass(frozen=True)
