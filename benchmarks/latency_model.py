@@ -38,16 +38,17 @@ from typing import Any
 
 import torch
 
+from edgenas.cells import node_states
 from edgenas.device import cpu_model
 from edgenas.export.runtime import physical_cores
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.latency import measure_network, predict_latency
+from edgenas.nets import setting_config
 from edgenas.ops import DARTS_OPS
 from edgenas.profiling import (
     Profile,
     ProfileSettings,
     profile_ops,
-    setting_config,
     setting_shapes,
 )
 
@@ -64,7 +65,7 @@ def random_genotype(rng: random.Random, steps: int = 4) -> Genotype:
                 edges.append((rng.choice(CHOICES), idx))
         return tuple(edges)
 
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     return Genotype(cell(), concat, cell(), concat)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.cells import CELL_TYPES
 from edgenas.costs import parse_count
 from edgenas.data.load import load_data, search_split
 from edgenas.data.loaders import make_loader
@@ -103,7 +104,7 @@ def part_c(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
     x, y = next(iter(make_loader(a_data, args.batch_size, shuffle=False, seed=0, device=torch.device("cpu"))))
     net = Supernet(method, SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=4,
                                           num_classes=bundle.num_classes, in_channels=bundle.in_channels))
-    alpha = [net.arch.alpha[t] for t in ("normal", "reduce")]
+    alpha = [net.arch.alpha[t] for t in CELL_TYPES]
     terms = {"cross-entropy": torch.nn.functional.cross_entropy(net(x), y),
              **method.loss_terms(net, args.warmup_epochs)}
     if plan is not None:
@@ -139,14 +140,14 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
         per_epoch = []
         for e in range(args.epochs):
             margins = np.concatenate([edge_margins_entropies(records[s][e]["op_weights"][t], ops)[0]
-                                      for s in seeds for t in ("normal", "reduce")])
+                                      for s in seeds for t in CELL_TYPES])
             per_epoch.append({"epoch": e + 1, "arch_updates": records[seeds[0]][e]["arch_updates"],
                               "margin_median": float(np.median(margins)),
                               "margin_p90": float(np.percentile(margins, 90)), "margin_max": float(margins.max())})
         # per edge and seed pair: do the two seeds' strongest operators agree, by the smaller margin?
         bins: dict[str, list[int]] = {f"{lo}-{hi}": [0, 0] for lo, hi in itertools.pairwise(MARGIN_BINS)}
         for a, b in itertools.combinations(seeds, 2):
-            for t in ("normal", "reduce"):
+            for t in CELL_TYPES:
                 wa = np.asarray(records[a][-1]["op_weights"][t])[:, keep]
                 wb = np.asarray(records[b][-1]["op_weights"][t])[:, keep]
                 ma = edge_margins_entropies(records[a][-1]["op_weights"][t], ops)[0]

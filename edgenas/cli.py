@@ -164,11 +164,11 @@ def list_genotypes(json_out: bool = JsonOpt) -> None:
 # ------------------------------------------------------------------------------ profile
 def _setting_configs(settings: list[str], channels: Optional[int], layers: Optional[int],
                      input_hw: Optional[str]) -> list[Any]:
-    from edgenas.profiling import PROFILE_SETTINGS, setting_config
+    from edgenas.nets import SETTINGS, setting_config
 
     for name in settings:
-        if name not in PROFILE_SETTINGS:
-            raise EdgenasError(f"unknown setting {name!r}", f"use one of {', '.join(PROFILE_SETTINGS)}")
+        if name not in SETTINGS:
+            raise EdgenasError(f"unknown setting {name!r}", f"use one of {', '.join(SETTINGS)}")
     hw = _parse_hw(input_hw) if input_hw is not None else None
     return [setting_config(n, channels=channels, layers=layers, input_hw=hw) for n in dict.fromkeys(settings)]
 
@@ -386,7 +386,8 @@ def inspect_cmd(
 
     from edgenas.costs import format_count, parse_count
     from edgenas.genotypes import load_genotype
-    from edgenas.nets import default_config, inspect_network
+    from edgenas.nets import default_config
+    from edgenas.network_costs import inspect_network
 
     geno = load_genotype(genotype)
     given = {"C": channels, "layers": layers, "num_classes": classes, "in_channels": in_channels,

@@ -1,4 +1,4 @@
-"""MACs and parameter counts.
+"""MACs and parameter counts of modules (a layer, an operator, any network), and how counts are written.
 
 Convention (stated in every output): one multiply-add is one MAC; only ``Conv2d`` and ``Linear``
 layers are counted (BN, activations, pooling and additions are not), for one input sample. This is
@@ -14,7 +14,7 @@ import functools
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -140,8 +140,23 @@ def _op_macs(op: str, C: int, H: int, W: int, stride: int) -> int:
     return count_macs(build_op(op, C, stride), (C, H, W))
 
 
-def op_macs(shape: Any) -> int:
-    """MACs of one cell operator at ``shape`` (anything with op, C, H, W, stride), cached."""
+class OpInstance(Protocol):
+    """One operator at one input shape (a network's :class:`edgenas.nets.OpShape`, a profile's key)."""
+
+    @property
+    def op(self) -> str: ...
+    @property
+    def C(self) -> int: ...
+    @property
+    def H(self) -> int: ...
+    @property
+    def W(self) -> int: ...
+    @property
+    def stride(self) -> int: ...
+
+
+def op_macs(shape: OpInstance) -> int:
+    """MACs of one cell operator at ``shape``, cached."""
     return _op_macs(shape.op, shape.C, shape.H, shape.W, shape.stride)
 
 
@@ -169,57 +184,3 @@ def format_count(n: float | int | None, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.3f} {suffix}{unit}"
     return f"{n:g} {unit}".rstrip()
-
-
-# --- whole evaluation networks: channels from a MAC budget -------------------------------------------
-
-def network_macs(genotype: Any, cfg: Any, device: torch.device | None = None) -> int:
-    """Conv+linear MACs of ``genotype``'s evaluation network for ``cfg`` (per sample)."""
-    from edgenas.nets import build_network
-
-    return count_macs(build_network(genotype, cfg, device=device), cfg.input_shape)
-
-
-#: fit_channels stops doubling here; no DARTS-style network is anywhere near it.
-MAX_FIT_CHANNELS = 1 << 16
-
-
-def fit_channels(genotype: Any, cfg: Any, mac_budget: int) -> Any:
-    """The config with the largest even initial channel count C whose network fits ``mac_budget``.
-
-    MACs grow monotonically with C, so this doubles C until the budget is exceeded and then
-    bisects. Only even C are tried, so the result builds in every setting (FactorizedReduce splits
-    channels in halves).
-    """
-    from dataclasses import replace
-
-    from edgenas.errors import EdgenasError
-
-    def macs(C: int) -> int:
-        # Wide trial networks are built on the meta device (exact shapes, nothing allocated) so a
-        # loose budget cannot allocate gigabytes; up to C=128 the CPU is faster (meta's per-op
-        # dispatch is slow and its first use costs ~1 s).
-        device = torch.device("meta") if C > 128 else None
-        return network_macs(genotype, replace(cfg, C=C), device)
-
-    smallest = macs(2)
-    if smallest > mac_budget:
-        raise EdgenasError(
-            f"no network fits {format_count(mac_budget)} MACs: the smallest, C=2 with "
-            f"{cfg.layers} cells at {'x'.join(map(str, cfg.input_hw))}, needs {format_count(smallest)} MACs "
-            f"({smallest})",
-            "raise the budget, or reduce --layers or --input",
-        )
-    lo, hi = 2, 4  # invariant: macs(lo) <= budget; hi is the first width not yet known to fit
-    while macs(hi) <= mac_budget:
-        lo, hi = hi, hi * 2
-        if hi > MAX_FIT_CHANNELS:
-            raise EdgenasError(f"budget {format_count(mac_budget)} MACs allows more than C={MAX_FIT_CHANNELS}",
-                               "give a smaller budget or set --channels directly")
-    while hi - lo > 2:  # both even: bisect on even widths
-        mid = (lo + hi) // 4 * 2
-        if macs(mid) <= mac_budget:
-            lo = mid
-        else:
-            hi = mid
-    return replace(cfg, C=lo)

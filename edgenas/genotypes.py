@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgenas.cells import CELL_TYPES, DARTS_STEPS, node_states
 from edgenas.errors import EdgenasError
 from edgenas.files import read_json, write_json
 
@@ -47,7 +48,7 @@ class Genotype:
     reduce_concat: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        for cell in ("normal", "reduce"):
+        for cell in CELL_TYPES:
             object.__setattr__(self, cell, tuple((op, idx) for op, idx in getattr(self, cell)))
             object.__setattr__(self, f"{cell}_concat", tuple(getattr(self, f"{cell}_concat")))
 
@@ -113,7 +114,7 @@ class Genotype:
 
         prefix = f"{where}: " if where else ""
         allowed = None if allowed_ops is None else tuple(allowed_ops)
-        for cell in ("normal", "reduce"):
+        for cell in CELL_TYPES:
             edges, concat = self.cell(cell == "reduce")
             if not edges or len(edges) % 2:
                 raise EdgenasError(
@@ -147,12 +148,12 @@ class Genotype:
             field = f"{prefix}{cell}_concat"
             if not concat:
                 raise EdgenasError(f"{field}: is empty",
-                                   f"list the nodes the cell outputs, e.g. {list(range(2, steps + 2))}")
+                                   f"list the nodes the cell outputs, e.g. {list(node_states(steps))}")
             seen: set[int] = set()
             for s in concat:
                 if not 2 <= s < steps + 2:
                     raise EdgenasError(f"{field}: {s} is not an intermediate node of this cell (2..{steps + 1})",
-                                       f"e.g. {list(range(2, steps + 2))}")
+                                       f"e.g. {list(node_states(steps))}")
                 if s in seen:
                     raise EdgenasError(f"{field}: node {s} is listed twice", "list each node once")
                 seen.add(s)
@@ -277,8 +278,8 @@ def parse_literal(text: str, source: str = "") -> Genotype:
 # --- built-in genotypes (published cells) -------------------------------------------------------
 
 def _g(normal: list[Edge], reduce: list[Edge]) -> Genotype:
-    return Genotype(normal=tuple(normal), normal_concat=(2, 3, 4, 5),
-                    reduce=tuple(reduce), reduce_concat=(2, 3, 4, 5))
+    return Genotype(normal=tuple(normal), normal_concat=node_states(DARTS_STEPS),
+                    reduce=tuple(reduce), reduce_concat=node_states(DARTS_STEPS))
 
 
 GENOTYPES: dict[str, Genotype] = {

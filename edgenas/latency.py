@@ -21,10 +21,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from edgenas.costs import OpInstance
 from edgenas.device import device_slug
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
@@ -48,13 +49,16 @@ LATENCY_COVERS = (
 )
 
 
-def latency_lookup(profile: Profile, shapes: Iterable[Any]) -> tuple[dict[Any, float], list[Any]]:
+S = TypeVar("S", bound=OpInstance)
+
+
+def latency_lookup(profile: Profile, shapes: Iterable[S]) -> tuple[dict[S, float], list[S]]:
     """Median latency (ms at the profile's batch) of each distinct shape, and the shapes missing.
 
     A shape is anything with op, C, H, W, stride; missing shapes are returned, never taken as zero.
     """
-    found: dict[Any, float] = {}
-    missing: list[Any] = []
+    found: dict[S, float] = {}
+    missing: list[S] = []
     for s in dict.fromkeys(shapes):
         entry = profile.lookup(s.op, s.C, s.H, s.W, s.stride)
         if entry is None:
@@ -88,8 +92,8 @@ class LatencyPrediction:
     total_ms: float | None
     found_ms: float              # cell operators found, each entry times its operator's scale
     fixed_ms: float | None
-    looked_up: tuple[tuple[Any, int, float], ...]
-    missing: tuple[tuple[Any, int], ...]
+    looked_up: tuple[tuple[OpInstance, int, float], ...]
+    missing: tuple[tuple[OpInstance, int], ...]
     missing_part: NetKey | None
     batch: int
     device: str
@@ -121,7 +125,7 @@ class LatencyPrediction:
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, object]:
-        def shape(s: Any) -> dict[str, object]:
+        def shape(s: OpInstance) -> dict[str, object]:
             return {"op": s.op, "C": s.C, "H": s.H, "W": s.W, "stride": s.stride}
 
         return {
@@ -198,7 +202,7 @@ def target_device(profile: Profile, device: torch.device) -> torch.device:
 
 def profile_missing(
     profile: Profile,
-    keys: Iterable[Any],
+    keys: Iterable[OpInstance],
     device: torch.device,
     *,
     networks: Iterable[NetConfig] = (),

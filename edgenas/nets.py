@@ -1,7 +1,8 @@
-"""Evaluation networks built from a genotype, following the DARTS evaluation protocol.
+"""Evaluation networks built from a genotype, and the settings (CIFAR, ImageNet mobile) they are built in.
 
 Liu et al., "DARTS: Differentiable Architecture Search" (ICLR 2019), Sec. 3.2 and A.2: a stack of
-``L`` cells with reduction cells at ``L//3`` and ``2L//3`` (channels doubled there). Each cell
+``L`` cells with reduction cells at ``L//3`` and ``2L//3`` (channels doubled there; shorter stacks
+by :func:`edgenas.cells.reduction_cells`). Each cell
 preprocesses its two inputs to ``C`` channels (FactorizedReduce for the k-2 input when the previous
 cell halved the resolution, ReLU-conv1x1-BN otherwise), runs the genotype's edges (stride 2 for a
 reduction cell's edges that read a cell input), sums the two edges of each node and concatenates
@@ -9,18 +10,20 @@ the ``concat`` nodes. An auxiliary classifier sits after cell ``2L//3`` during t
 
 Two settings: CIFAR (3x3 stem to 3C; C=36, 20 cells) and ImageNet mobile (three stride-2 3x3 convs
 in two stems; C=48, 14 cells; 224x224). Global pooling is adaptive, so other input sizes work too.
+This module is the one home of each setting's constants and of the mobile setting's MAC limit.
 Parameter counts exclude the auxiliary head (module prefix ``auxiliary``), as the papers count them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from edgenas.cells import edge_stride, reduction_cells
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Edge, Genotype
 from edgenas.ops import FactorizedReduce, Identity, ReLUConvBN, build_op
@@ -72,8 +75,8 @@ class NetConfig:
 
     @property
     def reduction_cells(self) -> tuple[int, ...]:
-        """Indices of the reduction cells (one index when L//3 == 2L//3 on very short nets)."""
-        return tuple(sorted({self.layers // 3, 2 * self.layers // 3}))
+        """Indices of the reduction cells (:func:`edgenas.cells.reduction_cells`)."""
+        return reduction_cells(self.layers)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -101,6 +104,47 @@ def default_config(setting: str, **overrides: Any) -> NetConfig:
     if unknown:
         raise TypeError(f"NetConfig has no field(s) {', '.join(unknown)}")
     return replace(_DEFAULTS[setting], **overrides)
+
+
+def setting_config(setting: str, *, channels: int | None = None, layers: int | None = None,
+                   input_hw: tuple[int, int] | None = None, num_classes: int | None = None,
+                   in_channels: int | None = None) -> NetConfig:
+    """The evaluation network of ``setting``: its published defaults, each given option replacing one."""
+    over = {k: v for k, v in (("C", channels), ("layers", layers), ("input_hw", input_hw),
+                              ("num_classes", num_classes), ("in_channels", in_channels)) if v is not None}
+    return default_config(setting, **over)
+
+
+#: The "mobile setting" of the NAS literature (NASNet, DARTS Table 3): under 600 M multiply-adds
+#: for one image at the ImageNet mobile setting's input size, 224x224.
+MOBILE_MAC_LIMIT = 600_000_000
+MOBILE_HW: tuple[int, int] = _DEFAULTS["imagenet-mobile"].input_hw
+
+
+@dataclass(frozen=True)
+class MobileVerdict:
+    """An ImageNet network's MACs at 224x224 and whether they are within the mobile setting's limit."""
+
+    macs: int
+    meets: bool
+    input_hw: tuple[int, int]  # the network's own input size
+
+    def note(self) -> str:
+        at = "" if self.input_hw == MOBILE_HW else (
+            f"; counted at 224x224, this network's input is {self.input_hw[0]}x{self.input_hw[1]}")
+        return f"{'meets' if self.meets else 'exceeds'} the mobile setting (< 600 M MACs at 224x224{at})"
+
+
+def mobile_verdict(cfg: NetConfig, macs_at: Callable[[tuple[int, int, int]], int]) -> MobileVerdict | None:
+    """The mobile-setting verdict of ``cfg``'s network; ``None`` outside the ImageNet mobile setting.
+
+    The setting is defined at 224x224, so the network is judged there whatever its own input size:
+    ``macs_at(input_shape)`` counts its MACs at an input shape (C, H, W).
+    """
+    if not cfg.imagenet:
+        return None
+    macs = macs_at((cfg.in_channels, *MOBILE_HW))
+    return MobileVerdict(macs, macs < MOBILE_MAC_LIMIT, cfg.input_hw)
 
 
 # --- the plan: one place that knows widths and resolutions ----------------------------------------
@@ -154,10 +198,6 @@ class OpShape(NamedTuple):
     stride: int
 
 
-def _edge_stride(reduction: bool, idx: int) -> int:
-    return 2 if reduction and idx < 2 else 1
-
-
 def cell_shapes(genotype: Genotype, cfg: NetConfig) -> list[OpShape]:
     """Every cell operator the evaluation network runs, one entry per instance, in network order.
 
@@ -173,7 +213,7 @@ def edge_shape(plan: CellPlan, op: str, idx: int) -> OpShape:
     # Inputs 0/1 are at the cell input resolution; intermediate nodes of a reduction cell are
     # already reduced.
     h, w = plan.hw if idx < 2 or not plan.reduction else (_half(plan.hw[0]), _half(plan.hw[1]))
-    return OpShape(op, plan.C, h, w, _edge_stride(plan.reduction, idx))
+    return OpShape(op, plan.C, h, w, edge_stride(plan.reduction, idx))
 
 
 # --- blocks ---------------------------------------------------------------------------------------
@@ -197,7 +237,7 @@ class Cell(nn.Module):
             self.preprocess0 = ReLUConvBN(plan.C_prev_prev, C, 1, 1, 0, affine=True, **kw)
         self.preprocess1 = ReLUConvBN(plan.C_prev, C, 1, 1, 0, affine=True, **kw)
         self.ops = nn.ModuleList(
-            build_op(op, C, _edge_stride(plan.reduction, idx), True, **kw) for op, idx in edges
+            build_op(op, C, edge_stride(plan.reduction, idx), True, **kw) for op, idx in edges
         )
         self.indices = tuple(idx for _, idx in edges)
         self.concat = concat
@@ -272,7 +312,8 @@ class EvalNetwork(nn.Module):
                 nn.Conv2d(cfg.in_channels, 3 * C, 3, padding=1, bias=False, **kw), nn.BatchNorm2d(3 * C, **kw))
             self.stem1 = None
         self.cells = nn.ModuleList()
-        self.aux_after = 2 * cfg.layers // 3
+        # DARTS' auxiliary head reads the last reduction cell's output (cell 2L//3)
+        self.aux_after = cfg.reduction_cells[-1] if cfg.reduction_cells else cfg.layers - 1
         self.auxiliary: AuxiliaryHead | None = None
         C_out = 0
         for plan in plan_cells(genotype, cfg):
@@ -303,82 +344,3 @@ def build_network(genotype: Genotype, cfg: NetConfig, *, device: Any = None,
     """Validate ``genotype`` and build its evaluation network for ``cfg`` (affine BN everywhere)."""
     genotype.validate()
     return EvalNetwork(genotype, cfg, device=device, dtype=dtype)
-
-
-# --- inspection: what `edgenas inspect` reports ---------------------------------------------------
-
-#: The "mobile setting" of the NAS literature (NASNet, DARTS Table 3): under 600 M multiply-adds
-#: for one 224x224 image.
-MOBILE_MAC_LIMIT = 600_000_000
-MOBILE_HW = (224, 224)
-
-
-@dataclass(frozen=True)
-class ChannelFit:
-    """How ``--fit-macs`` chose C: the largest even C within ``budget``; C+2 needs ``next_macs``."""
-
-    budget: int
-    C: int
-    next_macs: int
-
-
-@dataclass(frozen=True)
-class NetworkReport:
-    genotype: Genotype
-    config: NetConfig
-    params: int        # auxiliary head excluded
-    aux_params: int
-    macs: int          # edgenas' count (costs.MAC_CONVENTION), per sample
-    thop_macs: int | None
-    mobile: bool | None  # meets the mobile setting; None where it does not apply
-    mobile_note: str
-    latency: Any = None  # latency.LatencyPrediction, filled in by the caller that has a profile
-    fit: ChannelFit | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        from edgenas.costs import MAC_CONVENTION
-
-        return {
-            "genotype": self.genotype.to_dict(),
-            "config": self.config.to_dict(),
-            "params": self.params,
-            "aux_params": self.aux_params,
-            "params_note": "auxiliary head excluded, as the DARTS papers count",
-            "macs": self.macs,
-            "thop_macs": self.thop_macs,
-            "mac_convention": MAC_CONVENTION,
-            "thop_note": "thop also counts BatchNorm (and some pooling), so it reads higher",
-            "mobile_setting": {"meets": self.mobile, "limit_macs": MOBILE_MAC_LIMIT, "note": self.mobile_note},
-            "latency": self.latency.to_dict() if self.latency is not None else None,
-            "fit": None if self.fit is None else {"budget_macs": self.fit.budget, "C": self.fit.C,
-                                                  "next_C": self.fit.C + 2, "next_macs": self.fit.next_macs},
-        }
-
-
-def inspect_network(genotype: Genotype, cfg: NetConfig, *, mac_budget: int | None = None) -> NetworkReport:
-    """Params, MACs (ours and thop's) and the mobile-setting verdict (a latency prediction from a
-    profile is :func:`edgenas.latency.predict_latency`'s, which sits above this module).
-
-    With ``mac_budget`` the configuration's C is first replaced by the largest even C that fits.
-    """
-    from edgenas.costs import count_params, fit_channels, measure_costs, network_macs
-
-    fit = None
-    if mac_budget is not None:
-        cfg = fit_channels(genotype, cfg, mac_budget)
-        fit = ChannelFit(mac_budget, cfg.C, network_macs(genotype, replace(cfg, C=cfg.C + 2)))
-    net = build_network(genotype, cfg)
-    costs = measure_costs(net, cfg.input_shape, exclude_params=(AUX_PREFIX,))
-    if not cfg.imagenet:
-        mobile, note = None, "the mobile setting applies to ImageNet networks (--setting imagenet-mobile)"
-    elif cfg.input_hw != MOBILE_HW:
-        mobile, note = None, (f"the mobile setting is defined at 224x224; this input is "
-                              f"{cfg.input_hw[0]}x{cfg.input_hw[1]}")
-    else:
-        mobile = costs.macs < MOBILE_MAC_LIMIT
-        note = f"{'meets' if mobile else 'exceeds'} the mobile setting (< 600 M MACs at 224x224)"
-    return NetworkReport(
-        genotype=genotype, config=cfg, params=costs.params,
-        aux_params=count_params(net) - costs.params, macs=costs.macs, thop_macs=costs.thop_macs,
-        mobile=mobile, mobile_note=note, fit=fit,
-    )

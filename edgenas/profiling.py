@@ -56,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgenas.cells import DARTS_STEPS, node_states
 from edgenas.costs import MAC_CONVENTION, count_macs, count_params
 from edgenas.device import (
     DTYPES,
@@ -82,7 +83,7 @@ from edgenas.export.runtime import (
 from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
-from edgenas.nets import NetConfig, build_network, cell_shapes, default_config
+from edgenas.nets import SETTINGS, NetConfig, build_network, cell_shapes, default_config, edge_shape, plan_cells
 from edgenas.ops import DARTS_OPS, OPS, get_op
 from edgenas.values import FieldRule, check_record, finite_fields
 
@@ -128,19 +129,6 @@ class ShapeKey:
         return f"{self.op}@{self.shape}"
 
 
-#: The default DARTS search supernet on CIFAR (C=16, 8 cells, reductions at cells 2 and 5) runs
-#: its cell operators at these shapes. A reduction cell's stride-2 edges see C_curr channels at
-#: the previous resolution (its inputs are preprocessed to C_curr before the ops), so reduction
-#: 1 runs ops on 32 channels of 32x32 at stride 2 and reduction 2 on 64 channels of 16x16; its
-#: stride-1 edges (between intermediate nodes) match the following normal cells' shapes.
-DEFAULT_SHAPES: tuple[Shape, ...] = (
-    Shape(16, 32, 32, 1),
-    Shape(32, 32, 32, 2),
-    Shape(32, 16, 16, 1),
-    Shape(64, 16, 16, 2),
-    Shape(64, 8, 8, 1),
-)
-
 _SHAPE_RE = re.compile(r"(\d+)x(\d+)x(\d+)(?::(\d+))?")
 
 
@@ -176,29 +164,16 @@ def parse_shapes(text: str) -> list[Shape]:
 REFERENCE_GENOTYPE = Genotype(
     normal=(("skip_connect", 0), ("skip_connect", 1), ("skip_connect", 2), ("skip_connect", 1),
             ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 4), ("skip_connect", 3)),
-    normal_concat=(2, 3, 4, 5),
+    normal_concat=node_states(DARTS_STEPS),
     reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("skip_connect", 2),
             ("skip_connect", 3), ("skip_connect", 2), ("skip_connect", 4), ("skip_connect", 3)),
-    reduce_concat=(2, 3, 4, 5),
+    reduce_concat=node_states(DARTS_STEPS),
 )
 #: Bounds of an operator's calibration scale: a network cannot spend less than half or more than
 #: twice its operators' entries on them without the timing being wrong.
 SCALE_RANGE = (0.5, 2.0)
 #: An operator is calibrated when its entries make at least this share of its calibration network.
 MIN_CALIBRATION_SHARE = 0.1
-#: Intermediate nodes per cell of the networks a fixed part describes (the DARTS space's 4).
-STEPS = 4
-
-#: The settings ``edgenas profile --setting`` knows: the evaluation network's defaults there.
-PROFILE_SETTINGS = ("cifar10", "cifar100", "imagenet-mobile")
-
-
-def setting_config(setting: str, *, channels: int | None = None, layers: int | None = None,
-                   input_hw: tuple[int, int] | None = None, num_classes: int | None = None) -> NetConfig:
-    """The evaluation network of ``setting`` (its published defaults, fields replaced where given)."""
-    over = {k: v for k, v in (("C", channels), ("layers", layers), ("input_hw", input_hw),
-                              ("num_classes", num_classes)) if v is not None}
-    return default_config(setting, **over)
 
 
 def setting_shapes(cfg: NetConfig) -> list[Shape]:
@@ -207,16 +182,20 @@ def setting_shapes(cfg: NetConfig) -> list[Shape]:
     Every edge of every cell, whatever its operator: inputs 0/1 (stride 2 in a reduction cell) and
     the intermediate nodes, so any genotype of the space is covered.
     """
-    from edgenas.nets import edge_shape, plan_cells
-
     shapes: list[Shape] = []
     for plan in plan_cells(REFERENCE_GENOTYPE, cfg):
-        for idx in range(STEPS + 1):
+        for idx in range(DARTS_STEPS + 1):
             s = edge_shape(plan, "x", idx)
             shape = Shape(s.C, s.H, s.W, s.stride)
             if shape not in shapes:
                 shapes.append(shape)
     return shapes
+
+
+#: The shapes the default DARTS search supernet on CIFAR (C=16, 8 cells, 32x32) runs its cell
+#: operators at: its edges see the widths and resolutions of the evaluation network of the same
+#: width and depth (the two differ in stems and preprocessing only, which are not operators).
+DEFAULT_SHAPES: tuple[Shape, ...] = tuple(setting_shapes(default_config("cifar10", C=16, layers=8)))
 
 
 @dataclass(frozen=True)
@@ -230,7 +209,7 @@ class NetKey:
     W: int
     num_classes: int
     in_channels: int
-    steps: int = STEPS
+    steps: int = DARTS_STEPS
 
     @classmethod
     def of(cls, cfg: NetConfig) -> NetKey:
@@ -568,14 +547,14 @@ ENTRY_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
 )
 #: Fields of a fixed part.
 PART_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
-    ("setting", str, _one_of(PROFILE_SETTINGS), _REQUIRED),
+    ("setting", str, _one_of(SETTINGS), _REQUIRED),
     ("C", int, _no_check, _REQUIRED),
     ("layers", int, _no_check, _REQUIRED),
     ("H", int, _no_check, _REQUIRED),
     ("W", int, _no_check, _REQUIRED),
     ("num_classes", int, _no_check, _REQUIRED),
     ("in_channels", int, _no_check, _REQUIRED),
-    ("steps", int, _no_check, STEPS),
+    ("steps", int, _no_check, DARTS_STEPS),
     ("network_ms", _NUMBER, _no_check, _REQUIRED),
     ("reference_ops_ms", _NUMBER, _no_check, _REQUIRED),
     ("stable", bool, _no_check, True),

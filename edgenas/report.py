@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgenas.cells import CELL_TYPES
 from edgenas.files import atomic_path
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ def plot_arch_weights(op_weights: dict[str, Any], ops: tuple[str, ...] | list[st
     """
     import numpy as np
 
-    cells = [c for c in ("normal", "reduce") if c in op_weights]
+    cells = [c for c in CELL_TYPES if c in op_weights]
     mats = {c: np.asarray(op_weights[c], dtype=float) for c in cells}
     n_edges = max(m.shape[0] for m in mats.values())
     fig = new_figure(4.0 + 1.9 * len(ops), 1.2 + 0.33 * n_edges)

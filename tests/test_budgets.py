@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from edgenas.cells import CELL_TYPES, edge_inputs, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.search.budgets import (
     Budget,
     BudgetInfeasible,
     CostModel,
     derive,
-    edge_inputs,
-    num_edges,
 )
 
 OPS = ("none", "max_pool_3x3", "skip_connect", "sep_conv_3x3")
@@ -24,7 +23,7 @@ STEPS = 2
 
 def _random_model(rng: np.random.Generator, resource: str, steps: int = STEPS) -> CostModel:
     tables = {}
-    for t in ("normal", "reduce"):
+    for t in CELL_TYPES:
         tab = rng.integers(1, 100, size=(steps + 1, len(OPS))).astype(float)
         tab[:, 0] = 0.0  # none costs nothing
         tables[t] = tab
@@ -57,7 +56,7 @@ def _brute_force(weights, models, limits):
                 costs += [m.tables[t][i, o] for m in models]
         return score, costs
 
-    evals = {t: [cell_eval(t, c) for c in cells] for t in ("normal", "reduce")}
+    evals = {t: [cell_eval(t, c) for c in cells] for t in CELL_TYPES}
     fixed = np.array([m.fixed for m in models])
     best = -np.inf
     for sn, cn in evals["normal"]:
@@ -70,13 +69,13 @@ def _brute_force(weights, models, limits):
 @pytest.mark.parametrize("seed", range(6))
 def test_exact_solver_matches_brute_force(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in CELL_TYPES}
     models = [_random_model(rng, "macs")] + ([_random_model(rng, "latency_ms")] if seed % 2 else [])
     # a limit between the cheapest and the unconstrained choice makes the budget bind
     free = derive(weights, OPS, STEPS)
     limits = []
     for m in models:
-        lo = m.fixed + sum(m.tables[t][:, 1:].min() * 2 * STEPS for t in ("normal", "reduce"))
+        lo = m.fixed + sum(m.tables[t][:, 1:].min() * 2 * STEPS for t in CELL_TYPES)
         limits.append(lo + rng.uniform(0.2, 0.8) * max(m.genotype_cost(free.genotype) - lo, 1.0))
     limits = np.array(limits)
     expected = _brute_force(weights, models, limits)
@@ -96,11 +95,11 @@ def test_unconstrained_derivation_is_the_darts_rule() -> None:
     """Without budgets: per node the two edges with the strongest non-none op, strongest op each."""
     rng = np.random.default_rng(7)
     steps = 4
-    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(steps)) for t in ("normal", "reduce")}
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(steps)) for t in CELL_TYPES}
     weights["normal"][:, 0] = 0.9  # a dominant none must not be chosen
     got = derive(weights, OPS, steps).genotype
     edges = edge_inputs(steps)
-    for t in ("normal", "reduce"):
+    for t in CELL_TYPES:
         w = weights[t]
         expected = []
         for node in range(steps):
@@ -114,7 +113,7 @@ def test_unconstrained_derivation_is_the_darts_rule() -> None:
 def test_infeasible_budget_names_the_minimum() -> None:
     rng = np.random.default_rng(0)
     m = _random_model(rng, "macs")
-    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in CELL_TYPES}
     with pytest.raises(BudgetInfeasible) as info:
         derive(weights, OPS, STEPS, budgets=[(m, 1.0)])
     assert "cheapest possible network needs" in str(info.value)
@@ -128,7 +127,7 @@ def test_infeasible_budget_names_the_minimum() -> None:
 def test_penalty_is_zero_within_budget_and_pushes_above() -> None:
     rng = np.random.default_rng(1)
     m = _random_model(rng, "macs")
-    alpha = {t: torch.zeros(num_edges(STEPS), len(OPS), requires_grad=True) for t in ("normal", "reduce")}
+    alpha = {t: torch.zeros(num_edges(STEPS), len(OPS), requires_grad=True) for t in CELL_TYPES}
     probs = {t: a.softmax(dim=1) for t, a in alpha.items()}
     expected = m.expected(probs)
     loose = Budget(m, float(expected.detach()) * 2, weight=1.0)
@@ -149,12 +148,12 @@ def test_penalty_is_zero_within_budget_and_pushes_above() -> None:
 def test_expected_cost_equals_genotype_cost_for_one_hot_weights() -> None:
     rng = np.random.default_rng(2)
     m = _random_model(rng, "macs")
-    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in ("normal", "reduce")}
+    weights = {t: rng.dirichlet(np.ones(len(OPS)), size=num_edges(STEPS)) for t in CELL_TYPES}
     g = derive(weights, OPS, STEPS).genotype
     # one-hot op weights on the chosen edges, edge weights 1/2 on the two chosen inputs of each node
     ow, ew = {}, {}
     edges = edge_inputs(STEPS)
-    for t in ("normal", "reduce"):
+    for t in CELL_TYPES:
         w = torch.full((num_edges(STEPS), len(OPS)), 1.0 / len(OPS), dtype=torch.float64)
         e = torch.zeros(num_edges(STEPS), dtype=torch.float64)
         for k, (op, i) in enumerate(getattr(g, t)):
@@ -168,7 +167,7 @@ def test_expected_cost_equals_genotype_cost_for_one_hot_weights() -> None:
 
 
 def _random_genotype(rng: np.random.Generator, ops: tuple[str, ...], steps: int):
-    weights = {t: rng.dirichlet(np.ones(len(ops)), size=num_edges(steps)) for t in ("normal", "reduce")}
+    weights = {t: rng.dirichlet(np.ones(len(ops)), size=num_edges(steps)) for t in CELL_TYPES}
     return derive(weights, ops, steps).genotype
 
 
@@ -216,7 +215,7 @@ def test_plan_budgets_fails_early_with_the_minimum_and_confirms_results() -> Non
                      device=torch.device("cpu"))
     # a budget between the cheapest and the unconstrained network binds, and is met
     rng = np.random.default_rng(5)
-    w = {t: rng.dirichlet(np.ones(len(EL_DARTS_OPS)), size=num_edges(3)) for t in ("normal", "reduce")}
+    w = {t: rng.dirichlet(np.ones(len(EL_DARTS_OPS)), size=num_edges(3)) for t in CELL_TYPES}
     loose = plan_budgets(BudgetSpec(mac_budget=10**12, channels=8, layers=5), EL_DARTS_OPS, 3,
                          profile_path=None, device=torch.device("cpu"))
     free_macs = loose.report(w, None)["unconstrained"]["macs"]

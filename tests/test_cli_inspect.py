@@ -9,9 +9,10 @@ from cli_assert import assert_clean_failure
 from typer.testing import CliRunner
 
 from edgenas.cli import app
-from edgenas.costs import count_macs, network_macs
+from edgenas.costs import count_macs
 from edgenas.genotypes import GENOTYPES, save_genotype
 from edgenas.nets import build_network, cell_shapes, default_config
+from edgenas.network_costs import network_macs
 
 TINY = ["--channels", "8", "--layers", "5", "--input", "16x16"]
 
@@ -40,12 +41,13 @@ def test_inspect_imagenet_mobile_verdict() -> None:
     assert r.exit_code == 0, r.output
     assert "4,718,752" in r.stdout and "meets the mobile setting" in r.stdout
     assert "thop" in r.stdout and "1 MAC = 1 multiply-add" in r.stdout
-    # a wider network no longer meets it; another input size gets no verdict
+    # a wider network no longer meets it; another input size is judged at 224x224, where the setting is defined
     r = run("inspect", "DARTS_V2", "--setting", "imagenet-mobile", "--channels", "64", "--json")
     assert json.loads(r.stdout)["mobile_setting"]["meets"] is False
     r = run("inspect", "DARTS_V2", "--setting", "imagenet-mobile", "--input", "64x64", "--json")
     out = json.loads(r.stdout)
-    assert out["mobile_setting"]["meets"] is None and "224x224" in out["mobile_setting"]["note"]
+    assert out["mobile_setting"]["meets"] is True and out["macs"] < 100_000_000
+    assert "counted at 224x224, this network's input is 64x64" in out["mobile_setting"]["note"]
 
 
 def test_inspect_grayscale_classes_and_files(tmp_path) -> None:

@@ -164,7 +164,8 @@ def test_profile_bad_input(tmp_path, args, needles):
 
 
 def test_profile_setting_derives_the_shapes_and_the_fixed_part(tmp_path):
-    from edgenas.profiling import setting_config, setting_shapes
+    from edgenas.nets import setting_config
+    from edgenas.profiling import setting_shapes
 
     out = tmp_path / "p.json"
     r = run("profile", "--setting", "cifar10", "--channels", "4", "--layers", "3", "--input", "8x8",

@@ -10,6 +10,7 @@ import pytest
 from cli_assert import assert_clean_failure
 from typer.testing import CliRunner
 
+from edgenas.cells import CELL_TYPES
 from edgenas.cli import app
 from edgenas.genotypes import Genotype
 from edgenas.run_report import decisiveness_blocks
@@ -120,7 +121,7 @@ def test_tiny_search_records_decisiveness_every_epoch_and_says_when_it_did_not_c
     assert len(records) == 2
     for r in records:
         dec = r["decisiveness"]
-        for t in ("normal", "reduce"):
+        for t in CELL_TYPES:
             assert len(dec["cells"][t]["margin"]) == len(r["op_weights"][t]) == 5
             assert all(0.0 <= e <= 1.0 for e in dec["cells"][t]["entropy"])
     # 2 x 2 architecture steps at the default arch lr cannot move weights past the threshold

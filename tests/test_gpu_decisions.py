@@ -204,12 +204,13 @@ def test_mixed_op_and_partial_node_index_with_buffers():
 def test_cost_model_builds_its_device_tables_once():
     import numpy as np
 
+    from edgenas.cells import CELL_TYPES, num_edges
     from edgenas.ops import DARTS_OPS
-    from edgenas.search.budgets import CostModel, num_edges
+    from edgenas.search.budgets import CostModel
 
     steps = 2
     tables = {t: np.arange((steps + 1) * len(DARTS_OPS), dtype=float).reshape(steps + 1, -1)
-              for t in ("normal", "reduce")}
+              for t in CELL_TYPES}
     model = CostModel("macs", "MACs", tuple(DARTS_OPS), steps, tables)
     w = {t: torch.softmax(torch.randn(num_edges(steps), len(DARTS_OPS)), 1) for t in tables}
     a = model.expected(w)

@@ -18,7 +18,7 @@ from edgenas.latency import (
     predict_latency,
     profile_missing,
 )
-from edgenas.nets import cell_shapes, default_config
+from edgenas.nets import cell_shapes, default_config, setting_config
 from edgenas.profiling import (
     REFERENCE_GENOTYPE,
     NetKey,
@@ -29,7 +29,6 @@ from edgenas.profiling import (
     load_profile,
     make_runtime,
     profile_ops,
-    setting_config,
     setting_shapes,
     timed,
 )

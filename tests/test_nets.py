@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +11,18 @@ from torch import nn
 from edgenas.costs import count_params
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import GENOTYPES
-from edgenas.nets import AUX_PREFIX, OpShape, build_network, cell_shapes, default_config, drop_path
+from edgenas.nets import (
+    AUX_PREFIX,
+    MOBILE_HW,
+    MOBILE_MAC_LIMIT,
+    OpShape,
+    build_network,
+    cell_shapes,
+    default_config,
+    drop_path,
+    mobile_verdict,
+    setting_config,
+)
 
 # Published parameter counts (auxiliary head excluded), as the DARTS / PC-DARTS papers report them.
 PUBLISHED_PARAMS = {
@@ -131,13 +144,35 @@ def test_config_errors() -> None:
         default_config("cifar10", drop_path=1.0)
     assert default_config("cifar100").num_classes == 100
     assert default_config("cifar10").reduction_cells == (6, 13)
-    assert default_config("cifar10", layers=2).reduction_cells == (0, 1)
+
+
+def test_settings_hold_the_published_constants() -> None:
+    cifar, mobile = default_config("cifar10"), default_config("imagenet-mobile")
+    assert (cifar.C, cifar.layers, cifar.input_hw, cifar.drop_path) == (36, 20, (32, 32), 0.2)
+    assert (mobile.C, mobile.layers, mobile.input_hw, mobile.num_classes) == (48, 14, (224, 224), 1000)
+    assert (MOBILE_MAC_LIMIT, MOBILE_HW) == (600_000_000, (224, 224))
+    assert setting_config("imagenet-mobile", channels=8, in_channels=1) == replace(mobile, C=8, in_channels=1)
+
+
+def test_mobile_verdict_is_taken_at_224() -> None:
+    asked: list[tuple[int, int, int]] = []
+
+    def macs_at(shape: tuple[int, int, int]) -> int:
+        asked.append(shape)
+        return MOBILE_MAC_LIMIT - 1
+
+    assert mobile_verdict(default_config("cifar10"), macs_at) is None and not asked
+    small = mobile_verdict(default_config("imagenet-mobile", input_hw=(64, 48), in_channels=1), macs_at)
+    assert asked == [(1, 224, 224)] and small is not None and small.meets
+    assert "counted at 224x224, this network's input is 64x48" in small.note()
+    exact = mobile_verdict(default_config("imagenet-mobile"), lambda _: MOBILE_MAC_LIMIT)
+    assert exact is not None and not exact.meets and exact.note().startswith("exceeds the mobile setting")
 
 
 # --- costs of whole networks: channel fitting (latency prediction: test_latency.py) -------------
 
 def test_fit_channels_finds_the_largest_even_c() -> None:
-    from edgenas.costs import fit_channels, network_macs
+    from edgenas.network_costs import fit_channels, network_macs
 
     g, cfg = GENOTYPES["DARTS_V2"], tiny()
     at12 = network_macs(g, tiny(C=12))
@@ -149,7 +184,7 @@ def test_fit_channels_finds_the_largest_even_c() -> None:
 
 
 def test_fit_channels_impossible_budget_names_the_smallest() -> None:
-    from edgenas.costs import fit_channels, network_macs
+    from edgenas.network_costs import fit_channels, network_macs
 
     g, cfg = GENOTYPES["DARTS_V2"], tiny()
     smallest = network_macs(g, tiny(C=2))
@@ -159,7 +194,7 @@ def test_fit_channels_impossible_budget_names_the_smallest() -> None:
 
 
 def test_fit_channels_wide_trials_on_meta_agree_with_cpu() -> None:
-    from edgenas.costs import fit_channels, network_macs
+    from edgenas.network_costs import fit_channels, network_macs
 
     # C > 128 is counted on the meta device; the CPU count at C=130 must be exactly on the edge.
     g, cfg = GENOTYPES["DARTS_V1"], tiny(layers=2, input_hw=(8, 8))

@@ -13,7 +13,7 @@ from edgenas.costs import count_macs, count_params
 from edgenas.device import cpu_allocator, device_slug
 from edgenas.errors import EdgenasError
 from edgenas.latency import profile_missing
-from edgenas.ops import OPS, build_op, register_op
+from edgenas.ops import DARTS_OPS, OPS, build_op, register_op
 from edgenas.profiling import (
     DEFAULT_SHAPES,
     MEMORY_CPU,
@@ -25,6 +25,7 @@ from edgenas.profiling import (
     parse_shapes,
     profile_ops,
 )
+from edgenas.search.supernet import SupernetConfig
 
 CPU = torch.device("cpu")
 FAST = ProfileSettings(runs=3, min_warmup=1, max_warmup=3, max_seconds=0.05)
@@ -61,6 +62,8 @@ def test_default_shapes_follow_the_darts_search_supernet():
     # cells apply their stride-2 ops to C_curr channels at the previous resolution
     assert [str(s) for s in DEFAULT_SHAPES] == [
         "16x32x32:1", "32x32x32:2", "32x16x16:1", "64x16x16:2", "64x8x8:1"]
+    cfg = SupernetConfig(tuple(DARTS_OPS))
+    assert (cfg.C, cfg.layers, cfg.reduction_cells, cfg.cell_widths()[-1]) == (16, 8, (2, 5), 64)
 
 
 def test_profile_has_one_entry_per_op_and_shape(small_profile):

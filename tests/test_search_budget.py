@@ -27,9 +27,9 @@ def _minimum_macs() -> float:
 
 
 def test_a_tight_budget_forces_a_cheaper_genotype_that_meets_it(tmp_path: Path) -> None:
-    from edgenas.costs import network_macs
     from edgenas.genotypes import load_genotype
     from edgenas.nets import default_config
+    from edgenas.network_costs import network_macs
 
     cfg = default_config("cifar10", C=8, layers=3, input_hw=(16, 16), num_classes=10)
     runner = CliRunner()

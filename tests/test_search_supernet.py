@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES, edge_inputs
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
 from edgenas.search import METHODS, make_method, supernet
-from edgenas.search.budgets import edge_inputs
 from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, _colsum, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax
@@ -100,10 +100,10 @@ def test_derivation_keeps_each_nodes_two_strongest_edges():
     ops = DARTS_OPS
     steps = 3
     gen = torch.Generator().manual_seed(3)
-    op_w = {t: torch.rand(9, len(ops), generator=gen).softmax(1) for t in ("normal", "reduce")}
-    edge_w = {t: node_softmax(torch.randn(9, generator=gen), steps) for t in ("normal", "reduce")}
+    op_w = {t: torch.rand(9, len(ops), generator=gen).softmax(1) for t in CELL_TYPES}
+    edge_w = {t: node_softmax(torch.randn(9, generator=gen), steps) for t in CELL_TYPES}
     got = default_deriver(ops, steps)(op_w, edge_w)
-    for t in ("normal", "reduce"):
+    for t in CELL_TYPES:
         want = []
         for node in range(steps):
             ids = [e for e, (n, _) in enumerate(edge_inputs(steps)) if n == node]

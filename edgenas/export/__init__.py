@@ -46,7 +46,7 @@ _SOURCES: dict[str, tuple[str, ...]] = {
     "onnx_export": ("OnnxInfo", "export_onnx", "metadata", "read_metadata"),
     "quantize": ("INT8_DROP_WARN", "QDQ_OPS", "calibration_batches", "int8_warning", "quantize_int8"),
     "report": ("ExportReport", "console_tables", "render_markdown"),
-    "run": ("MOBILE_HW", "MOBILE_MACS", "default_out", "export_network", "run_export"),
+    "run": ("default_out", "export_network", "run_export"),
     "runtime": ("OrtModel", "ProviderStatus", "open_session", "physical_cores", "probe_providers",
                 "reference_session", "session_options", "timing_sessions", "ShapeProfile", "cpu_fallback",
                 "provider_chain", "provider_options", "trt_cache_dir"),

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from edgenas.costs import count_macs, measure_costs
 from edgenas.device import DTYPES, device_slug, environment, sample_clocks, tf32_state
 from edgenas.errors import EdgenasError
 from edgenas.export.fp16 import export_fp16
@@ -46,26 +47,20 @@ from edgenas.export.verify import (
 )
 from edgenas.files import write_json, write_text_atomic
 from edgenas.latency import check_same_target, predict_latency, profile_missing, target_device
-from edgenas.nets import AUX_PREFIX, cell_shapes
+from edgenas.nets import AUX_PREFIX, MOBILE_MAC_LIMIT, cell_shapes, mobile_verdict
 from edgenas.profiling import load_profile
 
 if TYPE_CHECKING:
     from edgenas.data.load import DataBundle
     from edgenas.profiling import Profile
 
-MOBILE_MACS = 600_000_000
-MOBILE_HW = (224, 224)
-
 
 def _costs(net: TrainedNet) -> dict[str, Any]:
-    from edgenas.costs import count_macs, measure_costs
-
     report = measure_costs(net.model, net.cfg.input_shape, exclude_params=(AUX_PREFIX,)).to_dict()
-    report["mobile"] = None
-    if net.cfg.imagenet:
-        macs = report["macs"] if tuple(net.cfg.input_hw) == MOBILE_HW else count_macs(
-            net.model, (net.cfg.in_channels, *MOBILE_HW))
-        report["mobile"] = {"macs_224": macs, "limit": MOBILE_MACS, "passes": macs < MOBILE_MACS}
+    verdict = mobile_verdict(net.cfg, lambda shape: report["macs"] if shape == net.cfg.input_shape
+                             else count_macs(net.model, shape))
+    report["mobile"] = None if verdict is None else {
+        "macs_224": verdict.macs, "limit": MOBILE_MAC_LIMIT, "passes": verdict.meets}
     return report
 
 

@@ -39,28 +39,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, node_states, num_edges
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import get_op
 from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 
-CELL_TYPES = ("normal", "reduce")
 BUDGET_FORMAT = "edgenas.budget-check"  # budget.json: constrained vs unconstrained genotype
 _LOG_FLOOR = 1e-30  # a weight of exactly 0 would give -inf scores and break ties arbitrarily
-
-
-def edge_inputs(steps: int) -> list[tuple[int, int]]:
-    """(node, input index) of every edge of a cell in the DARTS order: node by node, inputs ascending."""
-    return [(node, i) for node in range(steps) for i in range(node + 2)]
 
 
 def real_ops(ops: Sequence[str]) -> list[int]:
     """Column indices of the operators derivation can pick (all but ``none``)."""
     return [j for j, op in enumerate(ops) if not get_op(op).is_zero]
-
-
-def num_edges(steps: int) -> int:
-    return steps * (steps + 3) // 2
 
 
 @dataclass(frozen=True)
@@ -323,7 +314,7 @@ def derive(
     cells: dict[str, list[tuple[str, int]]] = {t: [] for t in CELL_TYPES}
     for (t, _, _, _, labels), choice in zip(groups, front.choices[best]):
         cells[t].extend((ops[o], i) for i, o in labels[choice])
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     genotype = Genotype(normal=tuple(cells["normal"]), normal_concat=concat,
                         reduce=tuple(cells["reduce"]), reduce_concat=concat)
     costs_out = {m.resource: m.genotype_cost(genotype) for m in models}
@@ -341,7 +332,7 @@ def reference_genotype(ops: Sequence[str], steps: int) -> Genotype:
     """
     op = next(o for o in ops if not get_op(o).is_zero)
     edges = tuple((op, i) for _ in range(steps) for i in (0, 1))
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     return Genotype(normal=edges, normal_concat=concat, reduce=edges, reduce_concat=concat)
 
 
@@ -351,7 +342,7 @@ def _edge_tables(cfg, ops: Sequence[str], steps: int, cost_of) -> dict[str, np.n
 
     tables = {t: np.zeros((steps + 1, len(ops))) for t in CELL_TYPES}
     for plan in plan_cells(reference_genotype(ops, steps), cfg):
-        tab = tables["reduce" if plan.reduction else "normal"]
+        tab = tables[cell_type(plan.reduction)]
         for o, op in enumerate(ops):
             if get_op(op).is_zero:
                 continue
@@ -430,11 +421,10 @@ class BudgetSpec:
         return self.mac_budget is not None or self.latency_budget_ms is not None
 
     def net_config(self, in_channels: int = 3):
-        from edgenas.nets import default_config
+        from edgenas.nets import setting_config
 
-        over = {k: v for k, v in (("C", self.channels), ("layers", self.layers), ("input_hw", self.input_hw),
-                                  ("num_classes", self.num_classes)) if v is not None}
-        return default_config(self.setting, in_channels=in_channels, **over)
+        return setting_config(self.setting, channels=self.channels, layers=self.layers, input_hw=self.input_hw,
+                              num_classes=self.num_classes, in_channels=in_channels)
 
 
 def parse_latency(text: str | float, what: str = "latency budget") -> float:
@@ -483,8 +473,8 @@ class BudgetPlan:
 
     def measure(self, genotype: Genotype) -> dict[str, Any]:
         """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
-        from edgenas.costs import network_macs
         from edgenas.latency import predict_latency
+        from edgenas.network_costs import network_macs
 
         out: dict[str, Any] = {"macs": network_macs(genotype, self.cfg)}
         if self.profile is not None:

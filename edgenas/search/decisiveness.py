@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from edgenas.cells import CELL_TYPES, edge_inputs, node_states
 from edgenas.genotypes import Genotype
-from edgenas.search.budgets import CELL_TYPES, edge_inputs, real_ops
+from edgenas.search.budgets import real_ops
 
 #: An edge whose strongest operator leads the second by less than this (in weight, after dropping
 #: ``none``) is undecided: see the module docstring for where the value comes from.
@@ -171,7 +172,7 @@ def random_genotype(ops: Sequence[str], steps: int, rng: np.random.Generator) ->
             a, b = sorted(rng.choice(j + 2, size=2, replace=False).tolist())
             edges += [(names[int(rng.integers(len(names)))], a), (names[int(rng.integers(len(names)))], b)]
         cells[t] = tuple(edges)
-    concat = tuple(range(2, steps + 2))
+    concat = node_states(steps)
     return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
 
 

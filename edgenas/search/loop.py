@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES
 from edgenas.checkpoints import load_checkpoint
 from edgenas.data.load import describe, load_data, search_split
 from edgenas.data.loaders import make_loader
@@ -60,7 +61,7 @@ from edgenas.progress import LoopProgress
 from edgenas.rng import seed_everything
 from edgenas.run_folder import History, RunDir
 from edgenas.runs import LoopResult, run_epochs
-from edgenas.search.budgets import CELL_TYPES, derive
+from edgenas.search.budgets import derive
 from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze

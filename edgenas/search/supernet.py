@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES, edge_stride, num_edges, reduction_cells
 from edgenas.errors import EdgenasError
 from edgenas.ops import ChannelAttention, DilConv, FactorizedReduce, ReLUConvBN, SepConv, get_op
-from edgenas.search.budgets import CELL_TYPES, num_edges
 from edgenas.search.fast_cpu import accelerate, norm_mix
 from edgenas.values import FieldRule, check_fields
 
@@ -77,9 +77,7 @@ class SupernetConfig:
 
     @property
     def reduction_cells(self) -> tuple[int, ...]:
-        if self.layers < 3:  # too short for two reductions: reduce in the middle only
-            return (self.layers // 2,) if self.layers > 1 else ()
-        return (self.layers // 3, 2 * self.layers // 3)
+        return reduction_cells(self.layers)
 
     @property
     def num_edges(self) -> int:
@@ -481,7 +479,7 @@ class SearchCell(nn.Module):
             self.pre0 = ReLUConvBN(C_pp, C, 1, 1, 0, affine=False, **kw)
         self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False, **kw)
         self.nodes = nn.ModuleList(
-            method.build_node(cfg.ops, C, [2 if reduction and i < 2 else 1 for i in range(node + 2)],
+            method.build_node(cfg.ops, C, [edge_stride(reduction, i) for i in range(node + 2)],
                               device=device, dtype=dtype)
             for node in range(cfg.steps))
         self.shortcut: nn.Module | None = None

@@ -18,8 +18,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES
 from edgenas.errors import EdgenasError
-from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.supernet import (
     AllChannels,
     ArchModule,

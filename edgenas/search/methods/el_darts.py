@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgenas.cells import CELL_TYPES
 from edgenas.errors import EdgenasError
-from edgenas.search.budgets import CELL_TYPES
 from edgenas.search.methods.base import Method, register_method
 from edgenas.search.methods.pc_darts import check_partial
 from edgenas.search.supernet import BatchedPartialNode, PartialChannels, Supernet, SupernetConfig
