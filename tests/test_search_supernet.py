@@ -503,7 +503,9 @@ def _reference_and_fast(name: str) -> tuple[Supernet, Supernet]:
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
 def test_fast_path_equals_the_reference_supernet(name, fmt):
     """Logits, the gradients of the input, the architecture and every shared weight, and the BatchNorm
-    statistics after the step: the fast path is the reference function, computed otherwise."""
+    statistics after the step: the fast path is the reference function, computed otherwise (the
+    methods' three kinds of edge: all channels, partial channels, partial with edge coefficients;
+    :func:`test_every_method_steps_on_the_reference_path` runs the others)."""
     ref, fast = _reference_and_fast(name)
     assert not any(isinstance(m, (FastBatchNorm2d, FastDepthwiseConv2d, BatchedPartialNode, FastMixedOp))
                    for m in ref.modules())
@@ -514,15 +516,15 @@ def test_fast_path_equals_the_reference_supernet(name, fmt):
         net = net.to(memory_format=fmt)
         xi = x.contiguous(memory_format=fmt).clone().requires_grad_()
         logits = net(xi)
-        named = {"input": xi, **{f"arch {n}": p for n, p in net.named_parameters() if n.startswith("arch.")}}
+        named = {"input": xi, **dict(net.named_parameters())}
         loss = nn.functional.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, list(named.values()) + list(net.parameters()), allow_unused=True)
-        by_name = dict(zip(list(named) + [n for n, _ in net.named_parameters()], grads))
-        results.append((logits.detach(), by_name, net.state_dict()))
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        results.append((logits.detach(), dict(zip(named, grads)), net.state_dict()))
     (l_ref, g_ref, s_ref), (l_fast, g_fast, s_fast) = results
     assert torch.allclose(l_fast, l_ref, rtol=1e-4, atol=1e-5)
     shared = [k for k in g_ref if k in g_fast]
-    assert "input" in shared and any(k.startswith("arch ") for k in shared) and "stem.0.weight" in shared
+    arch = {n for n, p in ref.named_parameters() if any(p is q for q in ref.arch_parameters())}
+    assert "input" in shared and arch <= set(shared) and "stem.0.weight" in shared
     for k in shared:
         a, b = g_ref[k], g_fast[k]
         assert (a is None) == (b is None), k
@@ -532,10 +534,16 @@ def test_fast_path_equals_the_reference_supernet(name, fmt):
         assert torch.allclose(s_fast[k].float(), s_ref[k].float(), rtol=1e-4, atol=1e-5), k
 
 
+
+
 @pytest.mark.parametrize("name", list(METHODS))
-def test_every_method_searches_without_the_fast_path(name):
+def test_every_method_steps_on_the_reference_path(name):
     net, step = tiny(name, fast_path=False)
+    assert not any(isinstance(m, (FastBatchNorm2d, FastDepthwiseConv2d, BatchedPartialNode, FastMixedOp))
+                   for m in net.modules())
     x, y = _batch()
+    weights0 = [p.detach().clone() for p in step.weights]
     logits, terms = step.arch_step(x, y, epoch=0)
     step.weight_step(x, y)
     assert logits.shape == (4, 10) and torch.isfinite(terms["ce"])
+    assert sum(not torch.equal(w, p) for w, p in zip(weights0, step.weights)) > len(weights0) // 2

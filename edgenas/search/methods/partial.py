@@ -1,5 +1,8 @@
-"""What the partial-channel methods (PC-DARTS, ADARTS, EL-DARTS, and SWD-NAS through ADARTS) share:
-K, its check, and the warm-up before architecture updates."""
+"""The partial-channel methods' shared part: K, its check, and the warm-up before architecture updates.
+
+PC-DARTS, ADARTS and EL-DARTS (and SWD-NAS, through ADARTS) send 1/K of an edge's channels through
+the operators; they differ in which channels and in how edges are weighted.
+"""
 
 from __future__ import annotations
 
