@@ -46,10 +46,11 @@ class SupernetConfig:
     num_classes: int = 10
     in_channels: int = 3
     cell_residual: bool = False  # attention-DARTS: a (projected) shortcut around each cell
-    #: run the edges through the batched layer (:mod:`edgenas.search.batched`) and the faster CPU
-    #: kernels (:mod:`edgenas.search.fast_cpu`); False builds the reference edges of
-    #: :mod:`edgenas.search.edges` with stock torch layers. Same function either way (to float
-    #: rounding); the default is the fast path, and seeded runs are reproducible within each.
+    #: build the edges from the batched layer (:mod:`edgenas.search.batched`) and give the network
+    #: the faster CPU kernels (:mod:`edgenas.search.fast_cpu`, which fall back to the native ones
+    #: on other devices); False builds the reference edges of :mod:`edgenas.search.edges` with
+    #: stock torch layers. The same function either way, to float rounding (tests compare them);
+    #: seeded runs are bitwise reproducible within each path, not across the two.
     fast_path: bool = True
 
     def __post_init__(self) -> None:
