@@ -31,6 +31,10 @@ reports the slowdown (each timed step follows `--settle` untimed ones in the sam
 free cores between steps), `--spin-count` sets their GOMP_SPINCOUNT and `--omp-wait` their
 OMP_WAIT_POLICY (libgomp's default when neither is set: spin 300000 iterations, then sleep).
 
+`--path reference` times every method without the fast path (``SupernetConfig.fast_path=False``:
+the reference edges of ``edgenas/search/edges.py`` and stock torch layers); the default, `fast`, is
+what a search runs.
+
 `--nproc N` instead compares, per method, N processes x 1 thread (``torch.distributed.run``, gloo on
 the CPU, NCCL with one GPU each) against 1 process x N threads, at the same global batch: images per
 second of the distributed search step (each rank takes batch/N images of each half and the two
@@ -38,6 +42,7 @@ optimisers' gradients are all-reduced, exactly as ``edgenas search`` under torch
 configurations run one after the other, ``--rounds`` times alternating.
 
     .venv/bin/python benchmarks/search_step.py [--methods darts,pc_darts,el_darts] [--steps 5] [--base]
+    .venv/bin/python benchmarks/search_step.py --methods darts,pc_darts,el_darts --path reference
     .venv/bin/python benchmarks/search_step.py --methods el_darts --busy 1 [--threads auto] [--spin-count 300000]
     .venv/bin/python benchmarks/search_step.py --nproc 2 [--methods darts] [--steps 10] [--rounds 3]
 """
@@ -110,7 +115,7 @@ def _supernet_step(args: argparse.Namespace, method_name: str, device: Any) -> t
     method = make_method(method_name)
     ops = method.resolve_space(_space(args.ops)).ops
     net_cfg = SupernetConfig(ops=ops, C=args.channels, layers=args.layers, steps=args.nodes,
-                             cell_residual=method.cell_residual)
+                             cell_residual=method.cell_residual, fast_path=args.path == "fast")
     method.check(net_cfg)
     cfg = SearchConfig(batch_size=args.batch, channels=args.channels, layers=args.layers, nodes=args.nodes,
                        channels_last={"auto": None, "channels_last": True, "contiguous": False}[args.format])
@@ -242,7 +247,7 @@ def _dist_command(args: argparse.Namespace, method: str, processes: int) -> list
     common = [str(Path(__file__).resolve()), "--dist-worker", method, "--channels", str(args.channels),
               "--layers", str(args.layers), "--nodes", str(args.nodes), "--batch", str(args.batch),
               "--hw", str(args.hw), "--steps", str(args.steps), "--warmup", str(args.warmup),
-              "--device", args.device, "--format", args.format, "--ops", args.ops]
+              "--device", args.device, "--format", args.format, "--ops", args.ops, "--path", args.path]
     if processes == 1:
         return [sys.executable, *common, "--threads", str(args.nproc)]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -300,7 +305,8 @@ class Worker:
     def __init__(self, name: str, args: argparse.Namespace, ops: str | None = None) -> None:
         settings = {**vars(args), "ops": args.ops if ops is None else ops}
         cmd = [sys.executable, __file__, "--worker", name] + [
-            a for k in ("channels", "layers", "nodes", "batch", "hw", "warmup", "threads", "device", "format", "ops")
+            a for k in ("channels", "layers", "nodes", "batch", "hw", "warmup", "threads", "device", "format", "ops",
+                        "path")
             for a in (f"--{k}", str(settings[k]))]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if args.omp_wait != "inherit":
@@ -363,6 +369,8 @@ def main() -> None:
                    help="OMP_WAIT_POLICY of the workers (inherit: this environment's, what `edgenas search` "
                         "runs with). On a CPU shared with other jobs spinning OpenMP threads made steps up to "
                         "10x slower: use passive there (on a quiet machine it made every method ~27%% slower)")
+    p.add_argument("--path", choices=("fast", "reference"), default="fast",
+                   help="the supernet's fast path (default) or its reference edges (SupernetConfig.fast_path)")
     p.add_argument("--ops", default="",
                    help="comma-separated operators every method searches over (default: each method's own "
                         "space). `--ops none,skip_connect` times everything but the candidate operators: "
@@ -454,7 +462,7 @@ def main() -> None:
     ops_desc = args.ops or "each method's own"
     print(f"search step = 1 architecture step + 1 weight step; C={args.channels}, {args.layers} cells, "
           f"{args.nodes} nodes, batch {args.batch}, {args.hw}x{args.hw}, "
-          f"operators {ops_desc}, device {args.device}, "
+          f"operators {ops_desc}, {args.path} path, device {args.device}, "
           f"threads {first['threads']} (OMP_WAIT_POLICY {_policy(args)}), CPU allocator {first['allocator']}, "
           f"{args.warmup} warm-up steps, then "
           f"{args.steps} steps interleaved with {ref_name}'s (medians); ratios to {ref_name}")

@@ -90,6 +90,10 @@ class DilConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
 
+    def layers(self) -> list[nn.Module]:
+        """The layers :meth:`forward` applies, in order."""
+        return list(self.op)
+
 
 class SepConv(nn.Module):
     """Two stacked DilConv blocks with dilation 1; only the first one strides."""
@@ -115,6 +119,10 @@ class SepConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(x)
+
+    def layers(self) -> list[nn.Module]:
+        """The layers :meth:`forward` applies, in order (both blocks' layers)."""
+        return [layer for block in self.op for layer in block.layers()]
 
 
 class Identity(nn.Module):
@@ -145,10 +153,8 @@ class _AlternatePixels(torch.autograd.Function):
     """``x[:, :, ::2, ::2]`` and ``x[:, :, 1::2, 1::2]`` as dense tensors in x's memory format.
 
     Autograd's slice backward builds a contiguous (NCHW) zero tensor per slice; on a channels_last x
-    that is two full-size buffers, and every later elementwise op on x's gradient then mixes layouts
-    (the ReLU backward of the cell output read by a FactorizedReduce took ~30 ms instead of ~2 ms at
-    64x64x32x32). Here both halves' gradients go into one zero tensor of x's layout: ReLU + both 1x1
-    convolutions + a second reader, forward and backward, 73 -> 29 ms at that shape (2-core dev VM).
+    that is two full-size buffers, and every later elementwise op on x's gradient then mixes layouts,
+    which is slow. Here both halves' gradients go into one zero tensor of x's layout.
     """
 
     @staticmethod
@@ -193,10 +199,9 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         # 1x1 convolutions at stride 2 read every other pixel: with gradients they are given those
         # pixels (:class:`_AlternatePixels`) and run at stride 1. Same weights and outputs; the
-        # shifted half no longer copies the whole (H-1)x(W-1) input first (forward + backward at
-        # 64x64x32x32 -> 32: 20.4 -> 14.1 ms). Without (inference, ONNX export, MAC counting) the
-        # modules run as they are, copying nothing (ORT, DARTS_V2 at C=16, 8 cells, batch 1: 1.16 ms
-        # against 1.24 ms with the copies).
+        # shifted half no longer copies the whole (H-1)x(W-1) input first. Without gradients
+        # (inference, ONNX export, MAC counting) the modules run as they are: there the copies would
+        # be the cost, and an exported graph keeps plain strided convolutions.
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False, **kw)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False, **kw)
         self.bn = nn.BatchNorm2d(C_out, affine=affine, **kw)
@@ -230,6 +235,16 @@ class OpSpec:
     bn_in_search: the supernet appends a non-affine BN after it (DARTS does this for pooling so
         its output scale matches the convolutions').
     is_zero: the ``none`` operator, which only weighs edges and is never chosen.
+    groupable: the strides at which the operator, built for ``n * C`` channels with every dense
+        convolution grouped ``n`` ways, keeps the ``n`` blocks of C channels apart (block ``i`` of
+        the output depends on block ``i`` of the input only). The batched search layer then runs
+        ``n`` edges as one operator; elsewhere it builds one copy per edge. False for anything
+        that mixes channels outside its convolutions (FactorizedReduce concatenates two halves,
+        interleaving the blocks; channel attention pools over all channels). Empty by default: a
+        new operator is run per edge until someone states otherwise (a test probes every claim).
+    chained: the built module has a ``layers()`` method and its forward applies those layers one
+        after the other (the batched layer runs them itself, to share the leading ReLU between
+        operators and fuse the closing BatchNorms with the weighted sum).
     """
 
     name: str
@@ -240,6 +255,8 @@ class OpSpec:
     bn_in_search: bool = False
     is_zero: bool = False
     description: str = ""
+    groupable: tuple[int, ...] = ()
+    chained: bool = False
 
     def build(
         self,
@@ -266,6 +283,8 @@ def register_op(
     bn_in_search: bool = False,
     is_zero: bool = False,
     description: str = "",
+    groupable: tuple[int, ...] = (),
+    chained: bool = False,
 ) -> Callable[[Factory], Factory]:
     """Decorator adding a factory ``(C, stride, affine, *, device, dtype)`` to :data:`OPS`."""
 
@@ -273,7 +292,7 @@ def register_op(
         if name in OPS:
             raise ValueError(f"operator {name!r} is already registered")
         OPS[name] = OpSpec(name, factory, family, kernel, parameter_free, bn_in_search, is_zero,
-                           description)
+                           description, tuple(groupable), chained)
         return factory
 
     return decorate
@@ -316,25 +335,25 @@ def parse_ops(names: str | list[str] | tuple[str, ...]) -> list[str]:
 
 # --- the DARTS operator set -------------------------------------------------------------------
 
-@register_op("none", family="zero", kernel=None, parameter_free=True, is_zero=True,
+@register_op("none", family="zero", kernel=None, parameter_free=True, is_zero=True, groupable=(1, 2),
              description="zero output; only weighs edges during search")
 def _none(C, stride, affine, *, device=None, dtype=None):
     return Zero(stride)
 
 
 @register_op("max_pool_3x3", family="pool", kernel=3, parameter_free=True, bn_in_search=True,
-             description="3x3 max pooling")
+             groupable=(1, 2), description="3x3 max pooling")
 def _max_pool_3x3(C, stride, affine, *, device=None, dtype=None):
     return nn.MaxPool2d(3, stride=stride, padding=1)
 
 
 @register_op("avg_pool_3x3", family="pool", kernel=3, parameter_free=True, bn_in_search=True,
-             description="3x3 average pooling, padding excluded from the mean")
+             groupable=(1, 2), description="3x3 average pooling, padding excluded from the mean")
 def _avg_pool_3x3(C, stride, affine, *, device=None, dtype=None):
     return nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
 
 
-@register_op("skip_connect", family="skip", kernel=None, parameter_free=True,
+@register_op("skip_connect", family="skip", kernel=None, parameter_free=True, groupable=(1,),
              description="identity; FactorizedReduce at stride 2")
 def _skip_connect(C, stride, affine, *, device=None, dtype=None):
     if stride == 1:
@@ -351,7 +370,7 @@ def _register_conv(family: str, kernel: int, cls: type[nn.Module], dilation: int
         return cls(C, C, kernel, stride, padding, *extra, affine, device=device, dtype=dtype)
 
     kind = "separable" if cls is SepConv else "dilated (2) separable"
-    register_op(name, family=family, kernel=kernel, parameter_free=False,
+    register_op(name, family=family, kernel=kernel, parameter_free=False, groupable=(1, 2), chained=True,
                 description=f"{kernel}x{kernel} {kind} convolution")(factory)
 
 

@@ -189,7 +189,7 @@ def test_an_unsupported_dtype_is_still_a_skipped_entry_not_a_sticky_error(monkey
 
 def test_mixed_op_and_partial_node_index_with_buffers():
     from edgenas.ops import DARTS_OPS
-    from edgenas.search.supernet import BatchedMixedOp, BatchedPartialNode
+    from edgenas.search.batched import BatchedMixedOp, BatchedPartialNode
 
     op = BatchedMixedOp(DARTS_OPS, 4, 1, 2)
     assert op.rows.tolist() == op.index and op.rows.dtype == torch.long

@@ -13,33 +13,36 @@ from edgenas.cells import CELL_TYPES, edge_inputs
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.ops import ATTENTION_VARIANTS, DARTS_OPS, EL_DARTS_OPS, OPS, FactorizedReduce, ReLUConvBN
-from edgenas.search import METHODS, make_method, supernet
+from edgenas.search import METHODS, make_method
+from edgenas.search.batched import (
+    BatchedPartialNode,
+    FastMixedOp,
+    build_batched_candidates,
+    chain,
+    group_convs,
+)
+from edgenas.search.edges import (
+    AttentionChannels,
+    EdgeNode,
+    MixedOp,
+    PartialChannels,
+    channel_shuffle,
+    weighted_sum,
+)
 from edgenas.search.fast_cpu import FastBatchNorm2d, FastDepthwiseConv2d, _colsum, accelerate, norm_mix
 from edgenas.search.loop import BilevelStep, SearchConfig, default_deriver
 from edgenas.search.methods.base import node_softmax
 from edgenas.search.methods.el_darts import edge_entropy
-from edgenas.search.supernet import (
-    AttentionChannels,
-    BatchedPartialNode,
-    EdgeNode,
-    MixedOp,
-    PartialChannels,
-    Supernet,
-    SupernetConfig,
-    blockwise,
-    chain,
-    channel_shuffle,
-    weighted_sum,
-)
+from edgenas.search.supernet import Supernet, SupernetConfig
 from edgenas.space import SearchSpace
 
 CL = torch.channels_last
 
 
-def tiny(name: str, **settings) -> tuple[Supernet, BilevelStep]:
+def tiny(name: str, fast_path: bool = True, **settings) -> tuple[Supernet, BilevelStep]:
     method = make_method(name, settings or ({"partial_k": 2} if "partial_k" in _fields(name) else {}))
     cfg = SupernetConfig(ops=method.resolve_space(None).ops, C=4, layers=3, steps=2,
-                         cell_residual=method.cell_residual)
+                         cell_residual=method.cell_residual, fast_path=fast_path)
     method.check(cfg)
     torch.manual_seed(0)
     net = Supernet(method, cfg)
@@ -139,13 +142,9 @@ def test_preprocessing_after_a_shared_relu_is_the_block(block):
     assert torch.equal(pre.after_relu(x.relu()), pre(x))
 
 
-def _pc_nodes(strides, C=8, k=2, ops=EL_DARTS_OPS):
-    """A PC-DARTS node as separate edges and as a batched node holding the same parameters."""
-    torch.manual_seed(0)
-    method = make_method("pc_darts", {"partial_k": k})
-    per_edge = EdgeNode([method.build_edge(ops, C, s) for s in strides])
-    batched = method.build_node(ops, C, strides)
-    assert isinstance(batched, BatchedPartialNode)
+def _copy_edges_into(batched: BatchedPartialNode, per_edge: EdgeNode) -> None:
+    """Give a batched partial-channel node the parameters (and statistics) of reference edges: grouped
+    operators take the edges' tensors block by block, per-edge copies (``Blocks``) one each."""
     for group, mixer in zip(batched.groups, batched.mixers):
         for pos, cand in enumerate(mixer.candidates):
             edges = [per_edge.edges[e].mixer.candidates[pos].state_dict() for e in group]
@@ -160,49 +159,89 @@ def _pc_nodes(strides, C=8, k=2, ops=EL_DARTS_OPS):
                 else:  # grouped: the edges' parameters block by block
                     state[key] = torch.cat([sd[key] for sd in edges])
             cand.load_state_dict(state)
+
+
+def _pc_nodes(strides, C=8, k=2, ops=EL_DARTS_OPS):
+    """A PC-DARTS node as reference edges and as a batched node holding the same parameters."""
+    torch.manual_seed(0)
+    method = make_method("pc_darts", {"partial_k": k})
+    per_edge = method.build_node(ops, C, strides)
+    batched = method.build_node(ops, C, strides, fast=True)
+    assert isinstance(per_edge, EdgeNode) and isinstance(batched, BatchedPartialNode)
+    _copy_edges_into(batched, per_edge)
     return per_edge, batched
+
+
+def _autograd_nodes(t: torch.Tensor) -> set[str]:
+    """Names of the autograd functions ``t`` was computed with."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.add(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
 
 
 @pytest.mark.parametrize("strides", [[1, 1, 1], [2, 2, 1, 1], [2, 2, 1]])
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
-def test_batched_partial_node_equals_separate_partial_edges(strides, fmt, monkeypatch):
+def test_batched_partial_node_equals_reference_partial_edges(strides, fmt):
     """Forward and every gradient; in channels_last the batched node takes the fused BN-and-mix path."""
     per_edge, batched = _pc_nodes(strides, ops=DARTS_OPS)
-    assert per_edge.merge_per_node
     per_edge, batched = per_edge.to(memory_format=fmt), accelerate(batched.to(memory_format=fmt))
-    fused = []
-    # the reference runs every BatchNorm layer, then the weighted sum (no fused path)
-    monkeypatch.setattr(supernet, "norm_mix", lambda *a: None)
     gen = torch.Generator().manual_seed(2)
     states = [torch.randn(2, 8, 8, 8, generator=gen) if s == 2 else torch.randn(2, 8, 4, 4, generator=gen)
               for s in strides]
     states = [s.contiguous(memory_format=fmt) for s in states]
     op_w = torch.rand(len(strides), len(DARTS_OPS), generator=gen)
     coefs = torch.rand(len(strides), generator=gen)
-    per_edge.merge_per_node = False  # the literal PC-DARTS order: cat + shuffle on every edge
     inputs = [s.clone().requires_grad_() for s in states]
     weights = [op_w.clone().requires_grad_(), coefs.clone().requires_grad_()]
     want = per_edge(inputs, *weights)
     g_out = torch.randn(want.shape, generator=gen)
     want_grads = torch.autograd.grad(want, inputs + weights, g_out)
-    monkeypatch.setattr(supernet, "norm_mix", lambda *a: fused.append(norm_mix(*a)) or fused[-1])
     got = batched([batched.prepare(h, i) for i, h in enumerate(inputs)], *weights)
     assert torch.allclose(got, want, atol=1e-5)
     for a, b in zip(torch.autograd.grad(got, inputs + weights, g_out), want_grads):
         assert torch.allclose(a, b, atol=1e-4)
-    assert len(fused) == len(batched.mixers) and all((f is not None) == (fmt == CL) for f in fused)
+    assert ("_NormMixBackward" in _autograd_nodes(got)) == (fmt == CL)
+    assert "_NormMixBackward" not in _autograd_nodes(want)
 
 
 @pytest.mark.parametrize("name", [n for n, spec in OPS.items() if not spec.is_zero])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_an_operators_chain_computes_the_operator(name, stride):
+@pytest.mark.parametrize("n", [1, 2])
+def test_an_operators_chain_computes_the_operator(name, stride, n):
     torch.manual_seed(0)
-    op = OPS[name].build(4, stride, affine=False)
-    x = torch.randn(2, 4, 6, 6)
+    _, (cand,) = build_batched_candidates([name], 4, stride, n)
+    x = torch.randn(2, 4 * n, 6, 6)
     y = x
-    for layer in chain(op):
+    for layer in chain(cand, OPS[name]):
         y = layer(y)
-    assert torch.equal(y, op(x))
+    assert torch.equal(y, cand(x))
+    assert len(chain(cand, OPS[name])) > 1 or not (OPS[name].chained or OPS[name].bn_in_search)
+
+
+def _keeps_blocks_apart(name: str, stride: int, C: int = 4, groups: int = 3) -> bool:
+    """Built for groups * C channels, its dense convolutions grouped: does changing one block's input
+    change only that block's output?"""
+    torch.manual_seed(0)
+    op = group_convs(OPS[name].build(groups * C, stride, affine=False), groups)
+    x = torch.randn(2, groups * C, 6, 6)
+    with torch.no_grad():
+        y = op(x)
+        x[:, :C] += 1.0
+        changed = (op(x) - y).abs().amax(dim=(0, 2, 3)) > 0
+    return not bool(changed[C:].any())
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_the_registrys_groupable_strides_are_true(name):
+    """OpSpec.groupable, probed: the strides it names keep the blocks apart, the others do not."""
+    for stride in (1, 2):
+        assert _keeps_blocks_apart(name, stride) == (stride in OPS[name].groupable), (name, stride)
 
 
 @pytest.mark.parametrize("c", [3, 12, 20])
@@ -232,11 +271,10 @@ def test_column_sums_match_torch_sum_at_every_width(c):
     assert torch.allclose(_colsum(x), x.sum(0))
 
 
-def test_grouping_probe_knows_which_operators_are_blockwise():
-    assert blockwise("sep_conv_3x3", 4, 1, 3) and blockwise("max_pool_3x3", 4, 2, 2)
-    assert blockwise("skip_connect", 4, 1, 3)
-    assert not blockwise("skip_connect", 4, 2, 2)  # FactorizedReduce interleaves the blocks
-    assert not blockwise("sep_conv_3x3_attn", 4, 1, 2)  # channel attention mixes channels
+def test_groupable_facts_of_the_darts_operators():
+    assert {1, 2} <= set(OPS["sep_conv_3x3"].groupable) and 2 in OPS["max_pool_3x3"].groupable
+    assert OPS["skip_connect"].groupable == (1,)  # at stride 2, FactorizedReduce interleaves the blocks
+    assert OPS["sep_conv_3x3_attn"].groupable == ()  # channel attention mixes channels
 
 
 def test_attention_selection_sends_the_top_channels_and_restores_positions():
@@ -419,7 +457,6 @@ def test_supernet_stays_channels_last_on_the_cpu():
 
 
 def test_a_seeded_supernet_starts_the_same_whatever_the_process_built_before():
-    blockwise.cache_clear()  # the grouping probe runs (and is cached) inside the first build only
     first = tiny("pc_darts")[0].state_dict()
     second = tiny("pc_darts")[0].state_dict()
     assert first.keys() == second.keys()
@@ -427,25 +464,86 @@ def test_a_seeded_supernet_starts_the_same_whatever_the_process_built_before():
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
-def test_darts_mixed_op_is_the_weighted_sum_of_its_operators(fmt):
-    """DARTS' edge shares the batched mixer's shared ReLU and fused BN-and-sum: same values and grads."""
+def test_reference_mixed_op_is_the_weighted_sum_and_the_fast_one_equals_it(fmt):
+    """DARTS' edge: the reference is Eq. 2 term by term; the fast one (shared ReLU, fused BN-and-sum,
+    fast kernels) gives the same values and gradients."""
     torch.manual_seed(0)
-    fast = accelerate(MixedOp(DARTS_OPS, 4, 1)).to(memory_format=fmt)
-    plain = copy.deepcopy(fast)
-    for m in plain.modules():  # back to the stock layers
-        if isinstance(m, FastBatchNorm2d):
-            m.__class__ = nn.BatchNorm2d
-        elif isinstance(m, FastDepthwiseConv2d):
-            m.__class__ = nn.Conv2d
+    ref = MixedOp(DARTS_OPS, 4, 1).to(memory_format=fmt)
+    fast = accelerate(FastMixedOp(DARTS_OPS, 4, 1)).to(memory_format=fmt)
+    fast.load_state_dict(ref.state_dict())
     x = torch.randn(2, 4, 6, 6).contiguous(memory_format=fmt)
     w = torch.softmax(torch.randn(len(DARTS_OPS)), 0)
     results = []
-    for mixer, literal in ((fast, False), (plain, True)):
+    for mixer in (ref, fast, None):
         xi, wi = x.clone().requires_grad_(), w.clone().requires_grad_()
-        if literal:
-            out = sum(wi[i] * op(xi) for i, op in zip(mixer.index, mixer.candidates))
+        if mixer is None:  # the equation, written out over the reference's operators
+            out = sum(wi[i] * op(xi) for i, op in zip(ref.index, ref.candidates))
         else:
             out = mixer(xi, wi)
         results.append([out, *torch.autograd.grad(out.square().sum(), [xi, wi])])
-    for a, b in zip(*results):
-        assert torch.allclose(a, b, atol=1e-5)
+    for want, got in ((results[2], results[0]), (results[0], results[1])):
+        for a, b in zip(want, got):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def _reference_and_fast(name: str) -> tuple[Supernet, Supernet]:
+    """The same tiny supernet of ``name`` without and with the fast path, holding the same parameters."""
+    ref, _ = tiny(name, fast_path=False)
+    fast, _ = tiny(name, fast_path=True)
+    state = ref.state_dict()
+    fast.load_state_dict({k: v for k, v in state.items() if k in fast.state_dict()}, strict=False)
+    for cell_r, cell_f in zip(ref.cells, fast.cells):
+        for node_r, node_f in zip(cell_r.nodes, cell_f.nodes):
+            if isinstance(node_f, BatchedPartialNode):
+                _copy_edges_into(node_f, node_r)
+    return ref, fast
+
+
+@pytest.mark.parametrize("name", ["darts", "pc_darts", "el_darts"])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_fast_path_equals_the_reference_supernet(name, fmt):
+    """Logits, the gradients of the input, the architecture and every shared weight, and the BatchNorm
+    statistics after the step: the fast path is the reference function, computed otherwise (the
+    methods' three kinds of edge: all channels, partial channels, partial with edge coefficients;
+    :func:`test_every_method_steps_on_the_reference_path` runs the others)."""
+    ref, fast = _reference_and_fast(name)
+    assert not any(isinstance(m, (FastBatchNorm2d, FastDepthwiseConv2d, BatchedPartialNode, FastMixedOp))
+                   for m in ref.modules())
+    assert any(isinstance(m, (BatchedPartialNode, FastMixedOp)) for m in fast.modules())
+    x, y = _batch()
+    results = []
+    for net in (ref, fast):
+        net = net.to(memory_format=fmt)
+        xi = x.contiguous(memory_format=fmt).clone().requires_grad_()
+        logits = net(xi)
+        named = {"input": xi, **dict(net.named_parameters())}
+        loss = nn.functional.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        results.append((logits.detach(), dict(zip(named, grads)), net.state_dict()))
+    (l_ref, g_ref, s_ref), (l_fast, g_fast, s_fast) = results
+    assert torch.allclose(l_fast, l_ref, rtol=1e-4, atol=1e-5)
+    shared = [k for k in g_ref if k in g_fast]
+    arch = {n for n, p in ref.named_parameters() if any(p is q for q in ref.arch_parameters())}
+    assert "input" in shared and arch <= set(shared) and "stem.0.weight" in shared
+    for k in shared:
+        a, b = g_ref[k], g_fast[k]
+        assert (a is None) == (b is None), k
+        if a is not None:
+            assert torch.allclose(b, a, rtol=1e-4, atol=1e-5), k
+    for k in s_ref.keys() & s_fast.keys():
+        assert torch.allclose(s_fast[k].float(), s_ref[k].float(), rtol=1e-4, atol=1e-5), k
+
+
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_steps_on_the_reference_path(name):
+    net, step = tiny(name, fast_path=False)
+    assert not any(isinstance(m, (FastBatchNorm2d, FastDepthwiseConv2d, BatchedPartialNode, FastMixedOp))
+                   for m in net.modules())
+    x, y = _batch()
+    weights0 = [p.detach().clone() for p in step.weights]
+    logits, terms = step.arch_step(x, y, epoch=0)
+    step.weight_step(x, y)
+    assert logits.shape == (4, 10) and torch.isfinite(terms["ce"])
+    assert sum(not torch.equal(w, p) for w, p in zip(weights0, step.weights)) > len(weights0) // 2

@@ -1,20 +1,21 @@
-"""Faster CPU paths for the supernet's many small layers (same mathematics, other kernels).
+"""Faster CPU kernels for the supernet's many small layers (same mathematics, other kernels).
 
-Measured on the 2-core dev machine (torch 2.14.1, oneDNN, channels_last, one thread):
+Part of the fast path (``SupernetConfig.fast_path``); ``benchmarks/search_step.py`` measures it
+against the reference (``--reference``).
 
-* Depthwise convolution: at B=64, C=16, 32x32 the native backward of a 3x3 one takes ~0.8 ms, but a
-  5x5 one spends ~16 ms on its weight gradient and a dilated 3x3/5x5 one 8-16 ms on each gradient,
-  while every *forward* is under 1 ms. DARTS' sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5 hit those
-  slow paths on every edge. Both gradients are rewritten in terms of fast kernels: the input
-  gradient is a correlation with the flipped kernel (a forward convolution; at stride 2 a transposed
-  one, or for dilated kernels the forward one over the gradient spread on a zero grid), the weight
-  gradient is the correlation of the padded input with the output gradient over the ``K x K``
-  window (``K = d(k-1)+1``), computed as 3x3 tiles with the fast 3x3 weight-gradient kernel and
-  sampled every ``d`` offsets (at stride = dilation, as an undilated kernel over every s-th pixel).
-* BatchNorm in training mode on channels_last tensors with few channels: at B=64, 4 channels,
-  32x32 the native forward took 1.65 ms (0.53 ms in NCHW) - partial-channel methods run thousands
-  of them per step. Seen as an (N*H*W, C) matrix, the statistics are column means, which take
-  0.2 ms; the normalisation and its gradient are a few elementwise passes.
+* Depthwise convolution: oneDNN's backward is fast for the plain stride-1 3x3 kernel only; 5x5 and
+  dilated kernels (DARTS' sep_conv_5x5, dil_conv_3x3 and dil_conv_5x5, on every edge) take a slow
+  path for their gradients many times the cost of their forward. Both gradients are rewritten in
+  terms of fast kernels: the input gradient is a correlation with the flipped kernel (a forward
+  convolution; at stride 2 a transposed one, or for dilated kernels the forward one over the
+  gradient spread on a zero grid), the weight gradient is the correlation of the padded input with
+  the output gradient over the ``K x K`` window (``K = d(k-1)+1``), computed as 3x3 tiles with the
+  fast 3x3 weight-gradient kernel and sampled every ``d`` offsets (at stride = dilation, as an
+  undilated kernel over every s-th pixel).
+* BatchNorm in training mode on channels_last tensors with few channels (partial-channel methods
+  run thousands per step): the native kernel is slower there than in NCHW. Seen as an (N*H*W, C)
+  matrix, the statistics are column means, and the normalisation and its gradient a few
+  elementwise passes.
 
 :func:`accelerate` swaps these layers' classes in a module; on other devices, in eval mode or with
 other memory formats they run the native code.
@@ -37,8 +38,7 @@ def _weight_grad(x: torch.Tensor, g: torch.Tensor, k: int, s: int, p: int, d: in
     """dL/dw[c, i, j] = sum over b, h, w of g[b, c, h, w] * x_pad[b, c, s*h + d*i, s*w + d*j]."""
     if s == d > 1:
         # stride and dilation equal: the taps read x_pad[s*(h + i)], so the kernel is an undilated
-        # one over every s-th pixel (one pass instead of a tile per 3x3 block: 0.2 vs 0.8 ms for a
-        # 3x3, 1.0 vs 2.4 ms for a 5x5, B=64, 16 channels, 32x32)
+        # one over every s-th pixel (one pass instead of a tile per 3x3 block)
         return _weight_grad(F.pad(x, (p, p, p, p))[:, :, ::s, ::s], g, k, 1, 0, 1)
     C = x.shape[1]
     K = d * (k - 1) + 1
@@ -68,9 +68,8 @@ def _input_grad(g: torch.Tensor, w: torch.Tensor, size: tuple[int, int], s: int,
     extra = [size[i] - ((g.shape[-2 + i] - 1) * s - 2 * p + K) for i in (0, 1)]
     if d == 1:
         return F.conv_transpose2d(g, w, None, s, p, tuple(extra), C, d)
-    # Dilated and strided, oneDNN's transposed kernel is slow (B=64, 16 channels, 32x32: 6.8 ms for
-    # a 3x3, 12 ms for a 5x5); spreading g over the finer grid and running the stride-1 correlation
-    # takes 0.25 / 0.4 ms.
+    # Dilated and strided, oneDNN's transposed kernel is slow; spreading g over the finer grid and
+    # running the stride-1 correlation is not.
     fmt = memory_format(g)
     grid = [(g.shape[-2 + i] - 1) * s + 1 + extra[i] for i in (0, 1)]
     spread = torch.empty((g.shape[0], C, *grid), dtype=g.dtype, device=g.device, memory_format=fmt).zero_()
@@ -114,16 +113,15 @@ def _eligible(m: nn.Module) -> bool:
 def _colsum(X: torch.Tensor) -> torch.Tensor:
     """Column sums of an (M, c) matrix (per-channel sums of a channels_last tensor's rows).
 
-    torch's dim-0 sum is fast only where c is a multiple of 8 (or below it): per million values it
-    took 0.21 / 0.28 ms at c = 12 / 20 (widths of a node's stacked partial-channel edges) against
-    0.05-0.09 ms at c = 8, 16, 32, 64; a matrix-vector product with ones takes 0.09-0.1 ms at any c.
+    torch's dim-0 sum is fast only where c is a multiple of 8 (or below it); other widths (12, 20:
+    a node's stacked partial-channel edges) take a matrix-vector product with ones, fast at any c.
     """
     if X.shape[1] % 8 == 0 or X.shape[1] < 8:
         return X.sum(0)
     return torch.mv(X.t(), X.new_ones(X.shape[0]))
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def _as_matrix(x: torch.Tensor) -> torch.Tensor:
     """A channels_last (B, C, H, W) tensor as the (B*H*W, C) matrix it is in memory (a view)."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
 
@@ -135,7 +133,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
-        X = _rows(x)
+        X = _as_matrix(x)
         m = X.shape[0]
         mean = _colsum(X).div_(m)
         xc = X - mean
@@ -151,7 +149,7 @@ class _ChannelsLastBatchNorm(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
         y, rstd, weight = ctx.saved_tensors
         n, c, h, w = g.shape
-        G = _rows(g.contiguous(memory_format=torch.channels_last))
+        G = _as_matrix(g.contiguous(memory_format=torch.channels_last))
         gw = gb = None
         if weight is not None:
             if ctx.needs_input_grad[1]:
@@ -197,15 +195,15 @@ class _NormMix(torch.autograd.Function):
 
     Per input the statistics take two column sums and the mixture one multiply-add into a shared
     output; the backward needs one column dot product and one multiply-add per input. The separate
-    layers took ~6 passes per BN, one per weighted-sum term, and ~10 more for their gradients, each
-    a freshly allocated (B*H*W, C) matrix (on this VM a page-faulting allocation costs about as much
-    as the arithmetic); here one scratch matrix is reused.
+    layers make several passes per BN, one per weighted-sum term, and more for their gradients,
+    each into a freshly allocated (B*H*W, C) matrix (a page-faulting allocation can cost as much as
+    the arithmetic); here one scratch matrix is reused.
     """
 
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, eps: float, *xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n, c, h, w = xs[0].shape
-        X = [_rows(x) for x in xs]
+        X = [_as_matrix(x) for x in xs]
         m = X[0].shape[0]
         buf = torch.empty_like(X[0])
         mean = torch.stack([_colsum(x) for x in X]).div_(m)  # (K, c)
@@ -222,12 +220,12 @@ class _NormMix(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
         a, mean, rstd, *xs = ctx.saved_tensors
-        G = _rows(g.contiguous(memory_format=torch.channels_last))
+        G = _as_matrix(g.contiguous(memory_format=torch.channels_last))
         m = G.shape[0]
         buf = torch.empty_like(G)
         gsum = _colsum(G)
         # sum over rows of g * y_o with y_o = (x_o - mean_o) * rstd_o: the gradient of a_o
-        gy = torch.stack([_colsum(torch.mul(G, _rows(x), out=buf)) for x in xs]).sub_(mean * gsum).mul_(rstd)
+        gy = torch.stack([_colsum(torch.mul(G, _as_matrix(x), out=buf)) for x in xs]).sub_(mean * gsum).mul_(rstd)
         grads: list[torch.Tensor | None] = [None] * len(xs)
         if any(ctx.needs_input_grad[2:]):
             # BN's input gradient a_o*rstd_o*(g - mean(g) - y_o*mean(g*y_o)), written as s*g - u*x + t
@@ -236,7 +234,7 @@ class _NormMix(torch.autograd.Function):
             t = u * mean - s * gsum / m
             for o, x in enumerate(xs):
                 if ctx.needs_input_grad[2 + o]:
-                    gx = torch.addcmul(t[o], G, s[o]).addcmul_(_rows(x), u[o], value=-1)
+                    gx = torch.addcmul(t[o], G, s[o]).addcmul_(_as_matrix(x), u[o], value=-1)
                     grads[o] = gx.view(g.shape[0], g.shape[2], g.shape[3], -1).permute(0, 3, 1, 2)
         return (gy if ctx.needs_input_grad[0] else None), None, *grads
 

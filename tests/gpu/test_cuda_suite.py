@@ -159,7 +159,7 @@ def test_one_search_step_per_method_on_cuda(name, tmp_path, monkeypatch):
 
 def test_supernet_forward_makes_no_host_device_sync_in_the_mixed_ops():
     from edgenas.ops import DARTS_OPS
-    from edgenas.search.supernet import BatchedMixedOp, BatchedPartialNode
+    from edgenas.search.batched import BatchedMixedOp, BatchedPartialNode
 
     dev = _last_gpu()
     op = BatchedMixedOp(DARTS_OPS, 4, 1, 2, device=dev)

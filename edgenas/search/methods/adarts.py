@@ -16,23 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgenas.search.methods.base import Method, register_method
-from edgenas.search.methods.pc_darts import check_partial
-from edgenas.search.supernet import AttentionChannels, SupernetConfig
+from edgenas.search.edges import AttentionChannels
+from edgenas.search.methods.base import register_method
+from edgenas.search.methods.partial import PartialChannelMethod
 
 
 @register_method
 @dataclass(frozen=True)
-class ADarts(Method):
+class ADarts(PartialChannelMethod):
     name = "adarts"
     title = "ADARTS"
     paper = "Xue & Qin, IEEE TII 2022"
-    warmup_fraction = 0.3
-
-    partial_k: int = 4
-
-    def check(self, cfg: SupernetConfig) -> None:
-        check_partial(cfg, self.partial_k)
 
     def selector(self, C: int, stride: int, *, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
         return AttentionChannels(C, stride, k=self.partial_k, device=device, dtype=dtype)

@@ -20,15 +20,9 @@ from torch import nn
 
 from edgenas.cells import CELL_TYPES
 from edgenas.errors import EdgenasError
-from edgenas.search.supernet import (
-    AllChannels,
-    ArchModule,
-    EdgeNode,
-    MixedOp,
-    SelectedEdge,
-    Supernet,
-    SupernetConfig,
-)
+from edgenas.search.batched import FastMixedOp
+from edgenas.search.edges import AllChannels, EdgeNode, MixedOp, SelectedEdge
+from edgenas.search.supernet import ArchModule, Supernet, SupernetConfig
 from edgenas.space import SearchSpace
 from edgenas.values import conform, field_types
 
@@ -64,7 +58,6 @@ class Method:
     paper: ClassVar[str] = ""
     default_layers: ClassVar[int] = 8
     #: share of the epochs before architecture updates start when --warmup-epochs is not given
-    #: (PC-DARTS: 15 of 50)
     warmup_fraction: ClassVar[float] = 0.0
     #: attention-DARTS: a shortcut around each cell
     cell_residual: ClassVar[bool] = False
@@ -84,20 +77,22 @@ class Method:
         """Which channels of an edge input go through the operators (and how they come back)."""
         return AllChannels(C, stride)
 
-    def mixer(self, ops: tuple[str, ...], C: int, stride: int, *, device: Any = None,
+    def mixer(self, ops: tuple[str, ...], C: int, stride: int, *, fast: bool = False, device: Any = None,
               dtype: torch.dtype | None = None) -> nn.Module:
-        """How the operators' outputs on the selected channels are combined."""
-        return MixedOp(ops, C, stride, device=device, dtype=dtype)
+        """How the operators' outputs on the selected channels are combined (``fast``: with the
+        batched layer, ``SupernetConfig.fast_path``)."""
+        return (FastMixedOp if fast else MixedOp)(ops, C, stride, device=device, dtype=dtype)
 
-    def build_edge(self, ops: tuple[str, ...], C: int, stride: int, *, device: Any = None,
+    def build_edge(self, ops: tuple[str, ...], C: int, stride: int, *, fast: bool = False, device: Any = None,
                    dtype: torch.dtype | None = None) -> nn.Module:
         selector = self.selector(C, stride, device=device, dtype=dtype)
-        return SelectedEdge(selector, self.mixer(ops, selector.width, stride, device=device, dtype=dtype))
+        return SelectedEdge(selector, self.mixer(ops, selector.width, stride, fast=fast, device=device, dtype=dtype))
 
-    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, device: Any = None,
-                   dtype: torch.dtype | None = None) -> nn.Module:
-        """An intermediate node fed by edges of these strides (one per earlier state)."""
-        return EdgeNode([self.build_edge(ops, C, s, device=device, dtype=dtype) for s in strides])
+    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, fast: bool = False,
+                   device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
+        """An intermediate node fed by edges of these strides (one per earlier state); ``fast``:
+        built from the batched layer where the method has one (``SupernetConfig.fast_path``)."""
+        return EdgeNode([self.build_edge(ops, C, s, fast=fast, device=device, dtype=dtype) for s in strides])
 
     def init_edges(self, n_edges: int, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         """Initial raw edge coefficients of one cell type, or None when edges are not weighted."""

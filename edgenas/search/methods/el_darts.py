@@ -4,7 +4,7 @@
 Four parts, each switchable for the paper's ablation (Table 3):
 * ESS, the efficient search space: the pruned operator set (``edgenas prune``'s space.json, or its
   default four operators); ``--no-ess`` searches the full DARTS set.
-* Partial channels with K = 4, as PC-DARTS.
+* Partial channels with K = 4, as PC-DARTS (whose selector and nodes this class inherits).
 * DCSS, dynamic coefficient scheduling: per node, edge coefficients gamma initialised uniformly in
   (gamma_low, gamma_high) within (0, 1), a softmax over the node's incoming edges weighting each
   edge, learned with the architecture parameters; ``--no-dcss`` leaves edges unweighted.
@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from edgenas.cells import CELL_TYPES
 from edgenas.errors import EdgenasError
-from edgenas.search.methods.base import Method, register_method
-from edgenas.search.methods.pc_darts import check_partial
-from edgenas.search.supernet import BatchedPartialNode, PartialChannels, Supernet, SupernetConfig
+from edgenas.search.methods.base import register_method
+from edgenas.search.methods.pc_darts import PCDarts
+from edgenas.search.supernet import Supernet, SupernetConfig
 from edgenas.space import SearchSpace
 
 
@@ -38,13 +37,11 @@ def edge_entropy(alpha: torch.Tensor, temperature: float) -> torch.Tensor:
 
 @register_method
 @dataclass(frozen=True)
-class ELDarts(Method):
+class ELDarts(PCDarts):
     name = "el_darts"
     title = "EL-DARTS"
     paper = "Electronics 15(2):314, 2026"
-    warmup_fraction = 0.3
 
-    partial_k: int = 4
     ess: bool = True
     dcss: bool = True
     entropy: bool = True
@@ -64,17 +61,10 @@ class ELDarts(Method):
         return given if given is not None else SearchSpace.el_darts()
 
     def check(self, cfg: SupernetConfig) -> None:
-        check_partial(cfg, self.partial_k)
+        super().check(cfg)
         if not 0.0 < self.gamma_low < self.gamma_high < 1.0:
             raise EdgenasError(f"gamma range ({self.gamma_low}, {self.gamma_high}) is not inside (0, 1)",
                                "use 0 < gamma_low < gamma_high < 1")
-
-    def selector(self, C: int, stride: int, *, device: Any = None, dtype: torch.dtype | None = None) -> nn.Module:
-        return PartialChannels(C, stride, k=self.partial_k)
-
-    def build_node(self, ops: tuple[str, ...], C: int, strides: list[int], *, device: Any = None,
-                   dtype: torch.dtype | None = None) -> nn.Module:
-        return BatchedPartialNode(ops, C, strides, k=self.partial_k, device=device, dtype=dtype)
 
     def init_edges(self, n_edges: int, *, device: Any = None, dtype: torch.dtype | None = None) -> torch.Tensor | None:
         if not self.dcss:

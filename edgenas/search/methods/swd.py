@@ -25,16 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgenas.search.edges import build_candidates, weighted_sum
 from edgenas.search.methods.adarts import ADarts
 from edgenas.search.methods.base import ArchParameters, register_method
-from edgenas.search.supernet import (
-    ArchModule,
-    Supernet,
-    SupernetConfig,
-    WeightRecorder,
-    build_candidates,
-    weighted_sum,
-)
+from edgenas.search.supernet import ArchModule, Supernet, SupernetConfig, WeightRecorder
 
 
 class OutputAttention(ArchModule):
@@ -94,8 +88,10 @@ class SWDNas(ADarts):
     paper = "Xue et al., IEEE TII 2024"
     default_layers = 5
 
-    def mixer(self, ops: tuple[str, ...], C: int, stride: int, *, device: Any = None,
+    def mixer(self, ops: tuple[str, ...], C: int, stride: int, *, fast: bool = False, device: Any = None,
               dtype: torch.dtype | None = None) -> nn.Module:
+        # one mixer either way: its operators' outputs are reweighted per channel by the data, which
+        # the batched layer's fused BatchNorm-and-sum does not do
         return DualAttentionMixer(ops, C, stride, device=device, dtype=dtype)
 
     def build_arch(self, cfg: SupernetConfig, *, device: Any = None, dtype: torch.dtype | None = None) -> ArchModule:
