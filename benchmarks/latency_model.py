@@ -112,7 +112,7 @@ def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: 
     """Predicted against measured; networks are measured once per runtime (``measured`` caches them)."""
     rows = []
     if not any(k[:2] == (prof.runtime, cfg) for k in measured):
-        # untimed: the first network a runtime builds at a setting measured up to 10 % off the others
+        # untimed: the first network a runtime builds at a setting measured apart from the others
         # (allocations and the runtime's own first-use costs land in its timing despite the warm-up)
         measure_network(next(iter(genotypes.values())), cfg, prof, CPU)
     for name, g in genotypes.items():
