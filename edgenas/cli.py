@@ -673,8 +673,7 @@ def search_cmd(
                        channels=channels, nodes=nodes, seed=seed or 0, subset=subset, lr=lr, arch_lr=arch_lr,
                        channels_last=channels_last, accumulate=accumulate)
     from edgenas.costs import parse_count
-    from edgenas.files import write_json
-    from edgenas.search.budgets import BUDGET_FORMAT, BudgetSpec, parse_latency, plan_budgets_for_data
+    from edgenas.search.budgets import BudgetSpec, parse_latency, plan_budgets_for_data
 
     budget = BudgetSpec(
         mac_budget=parse_count(mac_budget, "MAC budget") if mac_budget is not None else None,
@@ -695,17 +694,10 @@ def search_cmd(
     con = out_console(json_out, quiet)
     main_rank = dist_from_env().main
 
-    checks: dict[Path, dict[str, Any]] = {}  # budget.json of each finished run, built once
-
     def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> Any:
-        result = search(chosen, given_space, run_cfg, data, out=run_dir, device=dev,
-                        resume=resume_run, stop_after=stop_after, quiet=quiet or not main_rank,
-                        space_source=str(space) if space is not None else None,
-                        penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
-        if main_rank and plan is not None and not result.loop.stopped_early:
-            checks[result.run] = plan.report_from_record(result.loop.history.records[-1])
-            write_json(result.run / "budget.json", BUDGET_FORMAT, 1, checks[result.run])
-        return result
+        return search(chosen, given_space, run_cfg, data, out=run_dir, device=dev, resume=resume_run,
+                      stop_after=stop_after, quiet=quiet or not main_rank, budget=plan,
+                      space_source=str(space) if space is not None else None)
 
     if seed_list is not None:
         multi = search_seeds(run_one, cfg, seed_list, ops, out=out or Path(f"{default_run_folder(method)}-seeds"),
@@ -726,8 +718,8 @@ def search_cmd(
     if not main_rank:
         return
     summary = result.summary()
-    if result.run in checks:
-        summary["budget"] = checks[result.run]
+    if result.budget is not None:
+        summary["budget"] = result.budget
     if json_out:
         emit_json(summary)
         return

@@ -427,13 +427,11 @@ class _Stages:
         run = self.out / "search"
         result = search(method, space, self.cfg.search, self.cfg.data, out=run, device=self.device,
                         resume=(run / "last.pt").exists(), stop_after=self.stop, quiet=self.quiet,
-                        penalties=plan.penalties() if plan else None,
-                        deriver=plan.deriver() if plan else None, space_source=str(self.out / "space.json"))
+                        budget=plan, space_source=str(self.out / "space.json"))
         if result.loop.epochs_done < self.cfg.search.epochs:
             return False
-        if plan is not None:
-            write_json(self.out / "budget.json", BUDGET_FORMAT, 1,
-                       plan.report_from_record(result.loop.history.records[-1]))
+        if result.budget is not None:  # the run folder's copy of the search's budget check
+            write_json(self.out / "budget.json", BUDGET_FORMAT, 1, result.budget)
         return True
 
     def train(self) -> bool:
