@@ -8,6 +8,7 @@ stderr and exit code 2 (``VerificationError``: exit 1); library code never exits
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 
 from edgenas.errors import EdgenasError, out_of_memory
 
@@ -75,11 +77,34 @@ def _other_rank() -> int | None:
     return info.rank if info.active and not info.main else None
 
 
-def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable[[F], F]:
+class _DefaultsInHelp(TyperCommand):
+    """A command whose option help may name a config's default as ``{SearchConfig.epochs}``: filled
+    from the config class when help is shown, so the default lives only in the config and
+    importing the CLI stays light."""
+
+    configs: tuple[str, ...] = ()  # "module:Class", each constructible without arguments
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        defaults = {}
+        for ref in self.configs:
+            module, name = ref.split(":")
+            defaults[name] = getattr(importlib.import_module(module), name)()
+        for param in self.params:
+            text = getattr(param, "help", None)
+            if text and "{" in text:
+                param.help = text.format_map(defaults)  # type: ignore[attr-defined]
+        super().format_help(ctx, formatter)
+
+
+def command(typer_app: typer.Typer, name: str | None = None, *, defaults_from: tuple[str, ...] = (),
+            **kwargs: Any) -> Callable[[F], F]:
     """Register a command whose EdgenasError becomes one stderr line and its exit code.
 
     Doing it per command (not only in ``main``) makes CliRunner tests see what a user sees.
+    ``defaults_from`` names the config classes ("module:Class") whose defaults its help shows.
     """
+    if defaults_from:
+        kwargs["cls"] = type("DefaultsInHelp", (_DefaultsInHelp,), {"configs": defaults_from})
 
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
@@ -116,6 +141,12 @@ def command(typer_app: typer.Typer, name: str | None = None, **kwargs: Any) -> C
         return fn
 
     return decorate
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None): what overrides a typed config's defaults, so each
+    default lives once, in its config."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def emit_json(payload: Any) -> None:
@@ -173,11 +204,13 @@ def _setting_configs(settings: list[str], channels: Optional[int], layers: Optio
     return [setting_config(n, channels=channels, layers=layers, input_hw=hw) for n in dict.fromkeys(settings)]
 
 
-@command(app, "profile")
+@command(app, "profile", defaults_from=("edgenas.profiling:ProfileOptions",
+                                        "edgenas.profiling:ProfileSettings"))
 def profile_cmd(
     device: str = DeviceOpt,
-    runtime: str = typer.Option("ort", "--runtime", help="ort: ONNX Runtime, what `edgenas export` ships "
-                                "(default) | eager: PyTorch, what a search step pays (--mode train)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="ort: ONNX Runtime, what `edgenas export` "
+                                          "ships (default) | eager: PyTorch, what a search step pays (--mode "
+                                          "train)."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ort: cpu | cuda | tensorrt [cpu]; the "
                                            "session and provider options `edgenas export` uses."),
     setting: list[str] = typer.Option([], "--setting", help="Profile the shapes and fixed part of this "
@@ -194,16 +227,21 @@ def profile_cmd(
     shapes: Optional[str] = typer.Option(
         None, "--shapes", help="Extra shapes, C x H x W : stride, comma-separated, e.g. 16x32x32:1 "
         "(without --setting or --shapes: --setting cifar10)."),
-    batch: int = typer.Option(1, "--batch", help="Batch size of every timed call."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 (ort: graphs converted by onnxconverter-common) "
-                              "| bf16 (eager)"),
-    mode: str = typer.Option("forward", "--mode",
-                             help="forward (inference, eval mode) | train (eager: forward+backward, as search pays)"),
-    threads: int = typer.Option(0, "--threads", min=0, help="Intra-op threads (0: physical cores, as "
-                                "`edgenas export` uses)."),
-    runs: int = typer.Option(20, "--runs", help="Samples per attempt at least."),
-    min_seconds: float = typer.Option(0.2, "--min-seconds", help="Each entry is timed at least this long."),
-    max_seconds: float = typer.Option(2.0, "--max-seconds", help="Cap on each attempt (and the warm-up)."),
+    batch: Optional[int] = typer.Option(None, "--batch",
+                                        help="Batch size of every timed call [{ProfileOptions.batch}]."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 (ort: graphs converted by "
+                                        "onnxconverter-common) | bf16 (eager) [{ProfileOptions.dtype}]"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="forward (inference, eval mode) | train (eager: "
+                                       "forward+backward, as search pays) [{ProfileOptions.mode}]"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, help="Intra-op threads (default 0: physical "
+                                          "cores, as `edgenas export` uses)."),
+    runs: Optional[int] = typer.Option(None, "--runs", help="Samples per attempt at least [{ProfileSettings.runs}]."),
+    min_seconds: Optional[float] = typer.Option(None, "--min-seconds",
+                                                help="Each entry is timed at least this long "
+                                                "[{ProfileSettings.min_seconds} s]."),
+    max_seconds: Optional[float] = typer.Option(None, "--max-seconds",
+                                                help="Cap on each attempt (and the warm-up) "
+                                                "[{ProfileSettings.max_seconds} s]."),
     channels_last: Optional[bool] = typer.Option(
         None, "--channels-last/--no-channels-last", help="eager: memory format [channels_last for --mode train "
         "on the CPU, as the CPU search runs; NCHW otherwise]."),
@@ -227,8 +265,18 @@ def profile_cmd(
     from edgenas.device import device_slug, resolve_device
     from edgenas.files import ensure_writable
     from edgenas.ops import DARTS_OPS, parse_ops
-    from edgenas.profiling import DEFAULT_SHAPES, ProfileSettings, parse_shapes, profile_ops, setting_shapes
+    from edgenas.profiling import (
+        DEFAULT_SHAPES,
+        ProfileOptions,
+        ProfileSettings,
+        parse_shapes,
+        profile_ops,
+        setting_shapes,
+    )
 
+    opts = ProfileOptions(**given(runtime=runtime, batch=batch, dtype=dtype, mode=mode, runs=runs,
+                                  max_seconds=max_seconds))
+    runtime, mode = opts.runtime, opts.mode
     op_names = parse_ops(ops) if ops is not None else list(DARTS_OPS)
     if not setting and shapes is None:
         setting = ["cifar10"]  # nobody types shapes: the default evaluation network's, and the search's
@@ -242,13 +290,13 @@ def profile_cmd(
     if search_shapes and (nets or shapes is None):
         shape_list += list(DEFAULT_SHAPES)
     shape_list = list(dict.fromkeys(shape_list))
-    if batch < 1:
-        raise EdgenasError(f"batch must be >= 1, got {batch}", "pass --batch 1 or similar")
+    if opts.batch < 1:
+        raise EdgenasError(f"batch must be >= 1, got {opts.batch}", "pass --batch 1 or similar")
     dev = resolve_device(device)
     if channels_last is None:
         channels_last = runtime == "eager" and mode == "train" and dev.type == "cpu"
-    settings = ProfileSettings(runs=runs, max_seconds=max_seconds, min_seconds=min_seconds,
-                               channels_last=channels_last, keep_cpu_memory=not default_malloc)
+    settings = ProfileSettings(runs=opts.runs, max_seconds=opts.max_seconds, channels_last=channels_last,
+                               keep_cpu_memory=not default_malloc, **given(min_seconds=min_seconds))
     if runtime == "ort" and (provider or "cpu") == "cpu":
         dev = resolve_device("cpu")  # the CPU provider runs on the CPU
     suffix = f"-{provider}" if runtime == "ort" and provider not in (None, "cpu") else ""
@@ -261,8 +309,9 @@ def profile_cmd(
     t0 = time.perf_counter()
     with Progress(console=con, transient=True, disable=quiet) as progress:
         task = progress.add_task(f"profiling on {dev}", total=len(op_names) * len(shape_list))
-        prof = profile_ops(dev, op_names, shape_list, batch=batch, dtype=dtype, mode=mode, runtime=runtime,
-                           provider=provider, threads=threads, networks=nets, settings=settings,
+        prof = profile_ops(dev, op_names, shape_list, batch=opts.batch, dtype=opts.dtype, mode=mode,
+                           runtime=runtime, provider=provider, networks=nets, settings=settings,
+                           **given(threads=threads),
                            on_entry=lambda k: progress.update(task, advance=1, description=str(k)))
     wall = time.perf_counter() - t0
     prof.save(out)
@@ -586,7 +635,8 @@ def list_methods(json_out: bool = JsonOpt) -> None:
     console.print(table)
 
 
-@command(app, "search")
+@command(app, "search", defaults_from=("edgenas.search.loop:SearchConfig",
+                                       "edgenas.search.budgets:BudgetSpec"))
 def search_cmd(
     data: str = typer.Option(..., "--data", help="cifar10[:DIR] | cifar100[:DIR] | imagefolder:PATH | "
                              "fashion-mnist[:DIR] | synthetic[:N] (its training set is split in half)."),
@@ -594,32 +644,37 @@ def search_cmd(
                                "attn_darts (see `edgenas list methods`)."),
     space: Optional[Path] = typer.Option(None, "--space", help="space.json from `edgenas prune` [the method's "
                                          "default: DARTS' 8 operators; EL-DARTS' 4]."),
-    epochs: int = typer.Option(50, "--epochs", min=1, help="Search epochs."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Search epochs [{SearchConfig.epochs}]."),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="Epochs before architecture "
                                                 "updates start [the method's share: 0; 30% for PC-DARTS family]."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per step, for each half (global: "
-                                   "split over torchrun processes)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Images per step, for each half "
+                                             "(global: split over torchrun processes) [{SearchConfig.batch_size}]."),
     layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Cells [8; 5 for swd]."),
-    channels: int = typer.Option(16, "--channels", min=2, help="Initial channels C."),
-    nodes: int = typer.Option(4, "--nodes", min=1, help="Intermediate nodes per cell."),
+    channels: Optional[int] = typer.Option(None, "--channels", min=2,
+                                           help="Initial channels C [{SearchConfig.channels}]."),
+    nodes: Optional[int] = typer.Option(None, "--nodes", min=1,
+                                        help="Intermediate nodes per cell [{SearchConfig.nodes}]."),
     partial_k: Optional[int] = typer.Option(None, "--partial-k", help="1/K of the channels go through the "
                                             "operators (pc_darts, adarts, swd, el_darts) [4]."),
     no_ess: bool = typer.Option(False, "--no-ess", help="el_darts ablation: search the full DARTS space."),
     no_dcss: bool = typer.Option(False, "--no-dcss", help="el_darts ablation: no dynamic edge coefficients."),
     no_entropy: bool = typer.Option(False, "--no-entropy", help="el_darts ablation: no entropy regulariser."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Weight learning rate [0.1 x batch/256]."),
-    arch_lr: float = typer.Option(6e-4, "--arch-lr", help="Architecture learning rate (Adam) [DARTS' 6e-4]. Adam "
-                                  "moves each alpha by about this much per step, so a search of a few hundred "
-                                  "architecture steps needs more to choose (the run records arch_reach)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds weights, split, data order and augmentation [0]."),
+    arch_lr: Optional[float] = typer.Option(None, "--arch-lr", help="Architecture learning rate (Adam) "
+                                            "[{SearchConfig.arch_lr}]. Adam moves each alpha by about this much "
+                                            "per step, so a search of a few hundred architecture steps needs "
+                                            "more to choose (the run records arch_reach)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seeds weights, split, data order and "
+                                        "augmentation [{SearchConfig.seed}]."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Run the same search once per seed (e.g. 0,1,2) "
                                         "into --out/seed-<s>/ and report how far their genotypes agree, "
                                         "against random genotypes of the space."),
     subset: Optional[int] = typer.Option(None, "--subset", min=1, help="Use a class-balanced N training images."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
                                                  help="Memory format [on for CPU (measured faster), off on CUDA]."),
-    accumulate: int = typer.Option(1, "--accumulate", min=1, help="Split each batch into N interleaved "
-                                   "micro-batches (gradients averaged): what N torchrun processes compute."),
+    accumulate: Optional[int] = typer.Option(None, "--accumulate", min=1, help="Split each batch into N "
+                                             "interleaved micro-batches (gradients averaged): what N torchrun "
+                                             "processes compute [{SearchConfig.accumulate}]."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder [runs/search-<method>; with --seeds "
                                        "runs/search-<method>-seeds]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last.pt (with "
@@ -632,16 +687,17 @@ def search_cmd(
                                                  "network on --profile's runtime, provider and batch, e.g. 12ms "
                                                  "(hard, like --mac-budget)."),
     profile: Optional[Path] = typer.Option(None, "--profile", help="Profile of the target device (latency budget)."),
-    budget_setting: str = typer.Option("cifar10", "--budget-setting",
-                                       help="Evaluation network the budgets refer to: cifar10 | cifar100 | "
-                                       "imagenet-mobile."),
+    budget_setting: Optional[str] = typer.Option(None, "--budget-setting",
+                                                 help="Evaluation network the budgets refer to: cifar10 | "
+                                                 "cifar100 | imagenet-mobile [{BudgetSpec.setting}]."),
     budget_channels: Optional[int] = typer.Option(None, "--budget-channels",
                                                   help="Its initial channels [setting default: 36; 48 ImageNet]."),
     budget_layers: Optional[int] = typer.Option(None, "--budget-layers",
                                                 help="Its cells [setting default: 20; 14 ImageNet]."),
-    budget_batch: int = typer.Option(1, "--budget-batch", help="Batch the latency budget is for (= profile's)."),
-    budget_weight: float = typer.Option(1.0, "--budget-weight",
-                                        help="Weight of the penalty weight * max(0, E[cost]/budget - 1)."),
+    budget_batch: Optional[int] = typer.Option(None, "--budget-batch", help="Batch the latency budget is for "
+                                               "(= profile's) [{BudgetSpec.budget_batch}]."),
+    budget_weight: Optional[float] = typer.Option(None, "--budget-weight", help="Weight of the penalty weight * "
+                                                  "max(0, E[cost]/budget - 1) [{BudgetSpec.weight}]."),
     profile_missing: bool = typer.Option(False, "--profile-missing", help="Measure operator shapes the profile "
                                          "lacks on this device (default: refuse, naming them)."),
     device: str = DeviceOpt,
@@ -669,17 +725,18 @@ def search_cmd(
                 "entropy": False if no_entropy else None}
     chosen = make_method(method, settings)
     given_space = SearchSpace.load(space) if space is not None else None
-    cfg = SearchConfig(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
-                       channels=channels, nodes=nodes, seed=seed or 0, subset=subset, lr=lr, arch_lr=arch_lr,
-                       channels_last=channels_last, accumulate=accumulate)
+    cfg = SearchConfig(**given(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size, layers=layers,
+                               channels=channels, nodes=nodes, seed=seed, subset=subset, lr=lr, arch_lr=arch_lr,
+                               channels_last=channels_last, accumulate=accumulate))
     from edgenas.costs import parse_count
     from edgenas.search.budgets import BudgetSpec, parse_latency, plan_budgets_for_data
 
     budget = BudgetSpec(
         mac_budget=parse_count(mac_budget, "MAC budget") if mac_budget is not None else None,
         latency_budget_ms=parse_latency(latency_budget) if latency_budget is not None else None,
-        setting=budget_setting, channels=budget_channels, layers=budget_layers, budget_batch=budget_batch,
-        weight=budget_weight, profile_missing=profile_missing)
+        profile_missing=profile_missing, **given(setting=budget_setting, channels=budget_channels,
+                                                 layers=budget_layers, budget_batch=budget_batch,
+                                                 weight=budget_weight))
     if profile_missing and dist_from_env().active:
         # each rank would time the missing shapes itself, and budgets must be the same on every rank
         raise EdgenasError("--profile-missing measures in one process, not under torchrun",
@@ -690,7 +747,7 @@ def search_cmd(
         raise EdgenasError("--seeds runs one search after another in one process; it does not run under torchrun",
                            "run it plainly, or launch one torchrun search per --seed")
     ops = chosen.resolve_space(given_space).ops
-    plan = plan_budgets_for_data(budget, data, ops, nodes, profile_path=profile, device=dev, seed=cfg.seed)
+    plan = plan_budgets_for_data(budget, data, ops, cfg.nodes, profile_path=profile, device=dev, seed=cfg.seed)
     con = out_console(json_out, quiet)
     main_rank = dist_from_env().main
 
@@ -726,7 +783,7 @@ def search_cmd(
     if "budget" in summary:
         _print_budget(con, summary["budget"])
     con.print(f"{chosen.title} over {len(result.ops)} operators ({', '.join(result.ops)}): "
-              f"{summary['epochs_done']}/{epochs} epochs, "
+              f"{summary['epochs_done']}/{cfg.epochs} epochs, "
               f"{sum(s or 0 for s in summary['seconds_per_epoch']):.0f} s, "
               f"peak memory {summary['peak_memory_bytes'] / 2**20:.0f} MiB ({summary['memory_kind']})")
     con.print(f"genotype: {result.genotype.to_literal()}", markup=False)
