@@ -40,7 +40,16 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from edgenas.data import DataBundle, DataSpec, describe, load_data, make_loader, parse_data_spec, search_split
+from edgenas.data import (
+    DataBundle,
+    DataSpec,
+    ImageTensors,
+    describe,
+    load_data,
+    make_loader,
+    parse_data_spec,
+    search_split,
+)
 from edgenas.distributed import (
     DistInfo,
     average_gradients,
@@ -431,8 +440,8 @@ class SearchHalves:
     """The dataset and its two halves: one trains the weights, the other the architecture."""
 
     bundle: DataBundle
-    weights: Any
-    arch: Any
+    weights: ImageTensors
+    arch: ImageTensors
 
     @classmethod
     def load(cls, spec: DataSpec, cfg: SearchConfig) -> SearchHalves:
