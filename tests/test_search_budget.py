@@ -115,3 +115,25 @@ def test_budget_json_and_genotype_json_agree_on_a_near_tie(tmp_path: Path) -> No
     assert written["constrained"] == check["constrained"]
     assert load_genotype(str(tmp_path / "genotype.json")).to_dict() == written["constrained"]["genotype"]
     assert written["constrained"]["genotype"] == genotype.to_dict()
+
+
+def test_resuming_a_finished_budgeted_search_keeps_both_files_in_agreement(tmp_path: Path) -> None:
+    from edgenas.genotypes import load_genotype
+
+    runner = CliRunner()
+    args = ["search", *TINY, "--mac-budget", "1G", "--out", str(tmp_path / "s")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    check = json.loads(first.stdout)["budget"]
+    # finished already, files there: they stay as written from the final weights
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["budget"] == check
+    # finished, files lost (stopped between the last checkpoint and writing them): written again,
+    # from one set of weights (the history's), so they still agree
+    for name in ("budget.json", "genotype.json"):
+        (tmp_path / "s" / name).unlink()
+    rewritten = runner.invoke(app, [*args, "--resume"])
+    assert rewritten.exit_code == 0, rewritten.output
+    written = json.loads((tmp_path / "s" / "budget.json").read_text())
+    assert load_genotype(str(tmp_path / "s" / "genotype.json")).to_dict() == written["constrained"]["genotype"]
