@@ -135,7 +135,7 @@ def part_d(args: argparse.Namespace, method: Any, plan: Any, ops: tuple[str, ...
                                layers=args.layers, channels=args.channels, seed=s, subset=args.subset, arch_lr=lr)
             runs[s] = search(method, None, cfg, args.data, out=Path(args.out) / f"lr{lr:g}-seed{s}",
                              device=torch.device("cpu"), resume=args.resume, quiet=True,
-                             penalties=plan.penalties() if plan else None, deriver=plan.deriver() if plan else None)
+                             budget=plan)
         records = {s: r.loop.history.records for s, r in runs.items()}
         per_epoch = []
         for e in range(args.epochs):

@@ -111,8 +111,7 @@ def run_searches(args: argparse.Namespace, plan: Any, ops: tuple[str, ...], spac
             folder = Path(args.out) / "search" / f"{name}-seed{s}"
             t0 = time.perf_counter()
             r = search(method, space, cfg, args.data, out=folder, device=torch.device("cpu"),
-                       resume=(folder / "last.pt").exists(), quiet=True, penalties=plan.penalties(),
-                       deriver=plan.deriver())
+                       resume=(folder / "last.pt").exists(), quiet=True, budget=plan)
             dec = r.loop.history.records[-1]["decisiveness"]
             print(f"  searched {name} seed {s} in {time.perf_counter() - t0:.0f} s: "
                   f"{dec['chosen_decided_share']:.0%} of chosen edges decided", flush=True)

@@ -31,7 +31,13 @@ import torch
 
 from edgenas.distributed import dist_from_env
 from edgenas.errors import EdgenasError
+from edgenas.export import ExportSettings
 from edgenas.files import claim_run_folder, read_json, write_json
+from edgenas.profiling import DEFAULT_SHAPES, Profile, ProfileOptions, ProfileSettings, parse_shapes, profile_ops
+from edgenas.search.budgets import BUDGET_FORMAT, BudgetPlan, BudgetSpec, parse_latency, plan_budgets_for_data
+from edgenas.search.loop import SearchConfig, search
+from edgenas.space import PruneConfig, SearchSpace, prune
+from edgenas.train import TrainConfig, train
 from edgenas.values import check_seed, conform, field_types
 
 STAGES = ("profile", "prune", "search", "train", "export", "report")
@@ -43,21 +49,6 @@ TOP_LEVEL: dict[str, type] = {"data": str, "method": str, "device": str, "seed":
 
 
 @dataclass(frozen=True)
-class ProfileOptions:
-    """What the profile stage measures (the `edgenas profile` options)."""
-
-    ops: tuple[str, ...] = ()          # empty: the 8 DARTS operators
-    shapes: str | None = None          # None: the default search supernet's shapes
-    runtime: str = "ort"               # what the export ships; eager: what a search step pays
-    provider: str = "cpu"              # ort execution provider
-    batch: int = 1                     # the export's and the latency budget's batch
-    dtype: str = "fp32"
-    mode: str = "forward"
-    runs: int = 30
-    max_seconds: float = 2.0
-
-
-@dataclass(frozen=True)
 class PipelineConfig:
     """The effective configuration of a run; each table maps onto one library config type."""
 
@@ -66,12 +57,12 @@ class PipelineConfig:
     device: str = "auto"
     seed: int = 0
     profile: ProfileOptions = field(default_factory=ProfileOptions)
-    prune: Any = None      # edgenas.space.PruneConfig
+    prune: PruneConfig = field(default_factory=PruneConfig)
     method_settings: dict[str, Any] = field(default_factory=dict)
-    search: Any = None     # edgenas.search.loop.SearchConfig
-    budget: Any = None     # edgenas.search.budgets.BudgetSpec
-    train: Any = None      # edgenas.train.TrainConfig
-    export: Any = None     # edgenas.export.ExportSettings
+    search: SearchConfig = field(default_factory=SearchConfig)
+    budget: BudgetSpec = field(default_factory=BudgetSpec)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     def to_dict(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -87,12 +78,7 @@ class PipelineConfig:
 
 
 def _section_types() -> dict[str, type]:
-    from edgenas.export import ExportSettings
-    from edgenas.search.budgets import BudgetSpec
-    from edgenas.search.loop import SearchConfig
-    from edgenas.space import PruneConfig
-    from edgenas.train import TrainConfig
-
+    """The tables of a run's TOML file and the config type each one maps onto."""
     return {"profile": ProfileOptions, "prune": PruneConfig, "search": SearchConfig,
             "budget": BudgetSpec, "train": TrainConfig, "export": ExportSettings}
 
@@ -113,7 +99,6 @@ def _typed(cls: type, table: Mapping[str, Any], where: str) -> Any:
 def _budget_values(table: dict[str, Any]) -> dict[str, Any]:
     """Budget strings as users write them: mac_budget = "600M", latency_budget = "12ms"."""
     from edgenas.costs import parse_count
-    from edgenas.search.budgets import parse_latency
 
     out = dict(table)
     if out.get("mac_budget") is not None:
@@ -239,7 +224,7 @@ def check_rerun(out: Path, saved: dict[str, Any], cfg: PipelineConfig, state: St
                                    "rerun with the settings it used, or choose another --out for the new ones")
 
 
-def budget_for_training(cfg: PipelineConfig) -> Any:
+def budget_for_training(cfg: PipelineConfig) -> BudgetSpec:
     """The [budget] table for the network this run trains and exports: the [train] width and depth
     fill whatever it leaves unset."""
     b = cfg.budget
@@ -252,7 +237,6 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
     from edgenas.ops import DARTS_OPS, parse_ops
     from edgenas.search.methods import make_method
     from edgenas.search.supernet import SupernetConfig
-    from edgenas.space import SearchSpace
 
     method = make_method(cfg.method, cfg.method_settings)
     # pruning only removes operators, so what fails on every candidate fails on the pruned space
@@ -277,8 +261,6 @@ def check_stages(cfg: PipelineConfig, device: torch.device) -> None:
             raise EdgenasError(f"[profile] batch is {cfg.profile.batch}, but the latency budget is for "
                                f"[budget] budget_batch {b.budget_batch}", "make the two equal")
     if b.mac_budget is not None:  # the latency model needs the profile this run measures
-        from edgenas.search.budgets import plan_budgets_for_data
-
         spec = dataclasses.replace(budget_for_training(cfg), latency_budget_ms=None)
         plan_budgets_for_data(spec, cfg.data, space.ops, s.nodes, profile_path=None, device=device, seed=cfg.seed)
 
@@ -383,7 +365,6 @@ class _Stages:
 
     def profile(self) -> bool:
         from edgenas.ops import DARTS_OPS, parse_ops
-        from edgenas.profiling import DEFAULT_SHAPES, ProfileSettings, parse_shapes, profile_ops
         from edgenas.report import plot_profile
 
         p = self.cfg.profile
@@ -398,17 +379,14 @@ class _Stages:
         return True
 
     def prune(self) -> bool:
-        from edgenas.profiling import Profile
-        from edgenas.space import prune
 
         space = prune(Profile.load(self.profile_path), self.cfg.prune, source=str(self.profile_path))
         space.save(self.out / "space.json")
         self.log(f"[prune] kept {', '.join(space.ops)}")
         return True
 
-    def _budget_plan(self, ops: tuple[str, ...]) -> Any:
+    def _budget_plan(self, ops: tuple[str, ...]) -> BudgetPlan | None:
         """Budgets refer to the network this run trains and exports (:func:`budget_for_training`)."""
-        from edgenas.search.budgets import plan_budgets_for_data
 
         # the run measures what its profile lacks on the device it profiled
         spec = dataclasses.replace(budget_for_training(self.cfg), profile_missing=True)
@@ -416,10 +394,7 @@ class _Stages:
                                      profile_path=self.profile_path, device=self.device, seed=self.cfg.seed)
 
     def search(self) -> bool:
-        from edgenas.search.budgets import BUDGET_FORMAT
-        from edgenas.search.loop import search
         from edgenas.search.methods import make_method
-        from edgenas.space import SearchSpace
 
         method = make_method(self.cfg.method, self.cfg.method_settings)
         space = method.resolve_space(SearchSpace.load(self.out / "space.json"))
@@ -427,18 +402,15 @@ class _Stages:
         run = self.out / "search"
         result = search(method, space, self.cfg.search, self.cfg.data, out=run, device=self.device,
                         resume=(run / "last.pt").exists(), stop_after=self.stop, quiet=self.quiet,
-                        penalties=plan.penalties() if plan else None,
-                        deriver=plan.deriver() if plan else None, space_source=str(self.out / "space.json"))
+                        budget=plan, space_source=str(self.out / "space.json"))
         if result.loop.epochs_done < self.cfg.search.epochs:
             return False
-        if plan is not None:
-            write_json(self.out / "budget.json", BUDGET_FORMAT, 1,
-                       plan.report_from_record(result.loop.history.records[-1]))
+        if result.budget is not None:  # the run folder's copy of the search's budget check
+            write_json(self.out / "budget.json", BUDGET_FORMAT, 1, result.budget)
         return True
 
     def train(self) -> bool:
         from edgenas.genotypes import load_genotype
-        from edgenas.train import train
 
         genotype = load_genotype(str(self.out / "search" / "genotype.json"))
         run = self.out / "train"

@@ -421,6 +421,22 @@ class ProfileSettings:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What a profile measures and how long: the defaults of ``edgenas profile`` and of a run's
+    [profile] table (the timing ones are :class:`ProfileSettings`')."""
+
+    ops: tuple[str, ...] = ()          # empty: the 8 DARTS operators
+    shapes: str | None = None          # None: the default search supernet's shapes
+    runtime: str = "ort"               # what the export ships; eager: what a search step pays
+    provider: str = "cpu"              # ort execution provider
+    batch: int = 1                     # the export's and the latency budget's batch
+    dtype: str = "fp32"
+    mode: str = "forward"
+    runs: int = ProfileSettings.runs
+    max_seconds: float = ProfileSettings.max_seconds
+
+
 @dataclass
 class Profile:
     device: str  # slug, e.g. cpu-amd-epyc-7b13
@@ -1245,10 +1261,10 @@ def profile_ops(
     ops: Iterable[str] = DARTS_OPS,
     shapes: Iterable[Shape] = DEFAULT_SHAPES,
     *,
-    batch: int = 1,
-    dtype: str = "fp32",
-    mode: str = "forward",
-    runtime: str = "ort",
+    batch: int = ProfileOptions.batch,
+    dtype: str = ProfileOptions.dtype,
+    mode: str = ProfileOptions.mode,
+    runtime: str = ProfileOptions.runtime,
     provider: str | None = None,
     threads: int = 0,
     networks: Sequence[NetConfig] = (),

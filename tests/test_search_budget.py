@@ -87,3 +87,53 @@ def test_latency_budget_needs_a_forward_profile_at_the_budget_batch(tmp_path: Pa
     # the budget is whole-network milliseconds on the profile's runtime, provider and batch
     assert check["latency_units"] == "onnxruntime CPU provider, batch 2"
     assert "whole network" in check["notes"]["latency_ms"]
+
+
+def test_budget_json_and_genotype_json_agree_on_a_near_tie(tmp_path: Path) -> None:
+    """Both files come from the same final weights: a tie that only rounding would break cannot make
+    budget.json name another genotype than genotype.json."""
+    from edgenas.genotypes import load_genotype
+    from edgenas.search.budgets import CELL_TYPES, num_edges
+    from edgenas.search.loop import ArchWeights, _rounded_rows, write_search_outputs
+
+    ops, steps = EL_DARTS_OPS, 2
+    plan = plan_budgets_for_data(BudgetSpec(mac_budget=10**12, channels=8, layers=3), DATA, ops, steps,
+                                 profile_path=None, device=torch.device("cpu"))
+    assert plan is not None
+    rows = []
+    for e in range(num_edges(steps)):  # the last two operators differ by 4e-6, the first of them ahead
+        top = 0.3 + 0.01 * e
+        rest = (1 - 2 * top - 4e-6) / (len(ops) - 2)
+        rows.append([rest] * (len(ops) - 2) + [top + 4e-6, top])
+    exact = ArchWeights({t: torch.tensor(rows, dtype=torch.float64) for t in CELL_TYPES},
+                        {t: None for t in CELL_TYPES})
+    genotype = plan.derive(exact.ops, exact.edges).genotype
+    rounded = ArchWeights.from_record({"op_weights": {t: _rounded_rows(w) for t, w in exact.ops.items()}})
+    assert plan.derive(rounded.ops, rounded.edges).genotype != genotype  # the round trip would disagree
+    check = write_search_outputs(tmp_path, exact, genotype, {"method": "el_darts"}, plan)
+    written = json.loads((tmp_path / "budget.json").read_text())
+    assert written["constrained"] == check["constrained"]
+    assert load_genotype(str(tmp_path / "genotype.json")).to_dict() == written["constrained"]["genotype"]
+    assert written["constrained"]["genotype"] == genotype.to_dict()
+
+
+def test_resuming_a_finished_budgeted_search_keeps_both_files_in_agreement(tmp_path: Path) -> None:
+    from edgenas.genotypes import load_genotype
+
+    runner = CliRunner()
+    args = ["search", *TINY, "--mac-budget", "1G", "--out", str(tmp_path / "s")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    check = json.loads(first.stdout)["budget"]
+    # finished already, files there: they stay as written from the final weights
+    again = runner.invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["budget"] == check
+    # finished, files lost (stopped between the last checkpoint and writing them): written again,
+    # from one set of weights (the history's), so they still agree
+    for name in ("budget.json", "genotype.json"):
+        (tmp_path / "s" / name).unlink()
+    rewritten = runner.invoke(app, [*args, "--resume"])
+    assert rewritten.exit_code == 0, rewritten.output
+    written = json.loads((tmp_path / "s" / "budget.json").read_text())
+    assert load_genotype(str(tmp_path / "s" / "genotype.json")).to_dict() == written["constrained"]["genotype"]

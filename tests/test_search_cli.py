@@ -109,3 +109,18 @@ def test_warmup_must_end_before_the_last_epoch(tmp_path):
     args = [a if a != "0" else "2" for a in TINY]  # --warmup-epochs 2 of 2
     assert_clean_failure(invoke("search", *args, "--out", str(tmp_path / "r")),
                          "--warmup-epochs 2 is not below --epochs 2")
+
+
+def test_help_shows_the_defaults_of_the_configs_options_override():
+    from edgenas.profiling import ProfileSettings
+    from edgenas.search.budgets import BudgetSpec
+    from edgenas.search.loop import SearchConfig
+
+    runner = CliRunner()
+    text = " ".join(runner.invoke(app, ["search", "--help"], env={"COLUMNS": "200"}).output.split())
+    for shown in (f"Search epochs [{SearchConfig().epochs}]", f"augmentation [{SearchConfig().seed}]",
+                  f"[{SearchConfig().batch_size}]", f"[{BudgetSpec().budget_batch}]"):
+        assert shown in text
+    assert "{" not in text
+    text = " ".join(runner.invoke(app, ["profile", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert f"at least [{ProfileSettings().runs}]" in text and "{" not in text

@@ -492,13 +492,6 @@ class BudgetPlan:
                     f"above the budget {b.limit}", "please report this as a bug")
         return measured
 
-    def report_from_record(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """:meth:`report` for the weights of a search history record (the last epoch's)."""
-        op_w = {t: torch.tensor(v) for t, v in record["op_weights"].items()}
-        edges = record.get("edge_weights") or {}
-        edge_w = {t: None if v is None else torch.tensor(v) for t, v in edges.items()} or None
-        return self.report(op_w, edge_w)
-
     def report(self, op_weights, edge_weights) -> dict[str, Any]:
         """The constrained genotype beside the unconstrained argmax, each with its costs."""
         free = derive(op_weights, self.ops, self.steps, edge_weights)

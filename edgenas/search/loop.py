@@ -42,10 +42,12 @@ from torch import nn
 
 from edgenas.cells import CELL_TYPES
 from edgenas.checkpoints import load_checkpoint
-from edgenas.data.load import describe, load_data, search_split
+from edgenas.data.load import DataBundle, describe, load_data, search_split
 from edgenas.data.loaders import make_loader
-from edgenas.data.spec import parse_data_spec
+from edgenas.data.spec import DataSpec, parse_data_spec
+from edgenas.data.tensors import ImageTensors
 from edgenas.distributed import (
+    DistInfo,
     average_gradients,
     dist_from_env,
     init_distributed,
@@ -54,6 +56,7 @@ from edgenas.distributed import (
 )
 from edgenas.distributed import is_active as dist_active
 from edgenas.errors import EdgenasError
+from edgenas.files import read_json, write_json
 from edgenas.genotypes import Genotype, save_genotype
 from edgenas.metrics import RunningMean, topk_correct
 from edgenas.ops import get_op
@@ -61,7 +64,7 @@ from edgenas.progress import LoopProgress
 from edgenas.rng import seed_everything
 from edgenas.run_folder import History, RunDir
 from edgenas.runs import LoopResult, run_epochs
-from edgenas.search.budgets import derive
+from edgenas.search.budgets import BUDGET_FORMAT, BudgetPlan, derive
 from edgenas.search.decisiveness import decisiveness, undecided_note
 from edgenas.search.methods.base import Method
 from edgenas.search.supernet import Supernet, SupernetConfig, WeightRecorder, freeze
@@ -303,9 +306,52 @@ def default_deriver(ops: tuple[str, ...], steps: int) -> Deriver:
     return run
 
 
-def _rows(t: torch.Tensor | None, digits: int = 5) -> Any:
+def _rounded_rows(t: torch.Tensor | None, digits: int = 5) -> Any:
+    """A weight tensor as nested lists rounded to ``digits``: the history's compact, readable copy
+    (never derived from again: the final files come from the tensors themselves)."""
     return None if t is None else [[round(v, digits) for v in row] if isinstance(row, list) else round(row, digits)
                                    for row in t.detach().cpu().double().tolist()]
+
+
+@dataclass(frozen=True)
+class ArchWeights:
+    """The architecture weights one genotype is derived from: operator weights per cell type
+    (edges, ops) and edge weights per cell type (edges,) or None."""
+
+    ops: dict[str, torch.Tensor]
+    edges: dict[str, torch.Tensor | None]
+
+    @classmethod
+    def of(cls, net: Supernet) -> ArchWeights:
+        return cls(net.derivation_weights(),
+                   {t: None if w is None else w.detach() for t, w in net.edge_weights().items()})
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ArchWeights:
+        """The rounded weights a history record keeps (only where the tensors are gone)."""
+        edges = record.get("edge_weights") or {}
+        return cls({t: torch.tensor(v, dtype=torch.float64) for t, v in record["op_weights"].items()},
+                   {t: None if edges.get(t) is None else torch.tensor(edges[t], dtype=torch.float64)
+                    for t in CELL_TYPES})
+
+    @property
+    def has_edges(self) -> bool:
+        return any(w is not None for w in self.edges.values())
+
+
+def write_search_outputs(root: Path, weights: ArchWeights, genotype: Genotype, meta: Mapping[str, Any],
+                         budget: BudgetPlan | None) -> dict[str, Any] | None:
+    """Write ``budget.json`` (with a budget) and ``genotype.json`` from the same weights, so the
+    constrained genotype the budget check names is the genotype written; returns the check."""
+    check = None
+    if budget is not None:
+        check = budget.report(weights.ops, weights.edges)
+        if check["constrained"]["genotype"] != genotype.to_dict():
+            raise EdgenasError("internal check failed: the budget check derived another genotype than the "
+                               "search's", "please report this as a bug")
+        write_json(root / "budget.json", BUDGET_FORMAT, 1, check)
+    save_genotype(genotype, root / "genotype.json", meta=dict(meta))
+    return check
 
 
 @dataclass
@@ -316,6 +362,7 @@ class SearchResult:
     method: str
     ops: tuple[str, ...]
     figures: list[Path]
+    budget: dict[str, Any] | None = None  # budget.json's content, when a budgeted search finished here
 
     def summary(self) -> dict[str, Any]:
         last = self.loop.history.records[-1] if self.loop.history.records else {}
@@ -332,32 +379,29 @@ class SearchResult:
 
 def search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: str, *, out: str | Path,
            device: torch.device, resume: bool = False, stop_after: int | None = None, quiet: bool = False,
-           penalties: Mapping[str, ArchPenalty] | None = None, deriver: Deriver | None = None,
-           space_source: str | None = None) -> SearchResult:
+           budget: BudgetPlan | None = None, space_source: str | None = None) -> SearchResult:
     """Search ``method`` over ``space`` (None: the method's default) on ``data`` into run folder ``out``.
 
-    ``penalties`` add terms to the architecture loss, ``deriver`` replaces the unconstrained
-    derivation (both hooks for budgets). ``stop_after`` ends this call after that many epochs, as
-    an interruption would; ``resume`` continues from the last checkpoint to the same result.
-    The writing process owns ``out`` (marker and lock) for the whole call.
+    With ``budget`` the architecture loss adds its penalties, each epoch's genotype is the best one
+    that meets it, and a finished search writes ``budget.json`` beside ``genotype.json``, both from
+    the final architecture weights. ``stop_after`` ends this call after that many epochs, as an
+    interruption would; ``resume`` continues from the last checkpoint to the same result. The
+    writing process owns ``out`` (marker and lock) for the whole call.
     """
     owner = RunDir(Path(out)).claim("search") if dist_from_env().main else contextlib.nullcontext()
     with owner:
         return _search(method, space, cfg, data, out=out, device=device, resume=resume, stop_after=stop_after,
-                       quiet=quiet, penalties=penalties, deriver=deriver, space_source=space_source)
+                       quiet=quiet, budget=budget, space_source=space_source)
 
 
 def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: str, *, out: str | Path,
             device: torch.device, resume: bool, stop_after: int | None, quiet: bool,
-            penalties: Mapping[str, ArchPenalty] | None, deriver: Deriver | None,
-            space_source: str | None) -> SearchResult:
+            budget: BudgetPlan | None, space_source: str | None) -> SearchResult:
     space = method.resolve_space(space)
     spec = parse_data_spec(data)
-    layers = cfg.layers or method.default_layers
-    net_cfg = SupernetConfig(ops=space.ops, C=cfg.channels, layers=layers, steps=cfg.nodes,
-                             cell_residual=method.cell_residual)
+    net_cfg = SupernetConfig(ops=space.ops, C=cfg.channels, layers=cfg.layers or method.default_layers,
+                             steps=cfg.nodes, cell_residual=method.cell_residual)
     method.check(net_cfg)  # bad K etc. fail before any data is read
-    warmup = cfg.warmup_for(method)
     run = RunDir(Path(out))
     identity = {"method": method.name, "method_settings": method.settings(), "ops": list(space.ops),
                 "data": str(spec), **cfg.identity()}
@@ -365,48 +409,103 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
     saved = load_checkpoint(run.last, expect=identity, what="search checkpoint")["config"] if resume else None
     check_shards(cfg, dist_from_env().world)  # before joining: a bad split never waits on a rendezvous
     dist_info, device = init_distributed(device)
-
-    bundle = load_data(spec, subset=cfg.subset, seed=cfg.seed)
-    w_data, a_data = search_split(bundle, cfg.seed)
-    if len(w_data) < 1 or len(a_data) < 1:
-        raise EdgenasError(f"{spec} has {len(bundle.train)} training image(s): too few to split into halves "
-                           "for the weights and the architecture", "use a larger dataset or --subset (at least 2)")
+    halves = SearchHalves.load(spec, cfg)
     if saved is not None:
-        check_resume_layout(saved, cfg, dist_info.world, (len(w_data), len(a_data)))
-    net_cfg = replace(net_cfg, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
-    per_rank_batch = cfg.batch_size // dist_info.world
+        check_resume_layout(saved, cfg, dist_info.world, (len(halves.weights), len(halves.arch)))
+    net_cfg = replace(net_cfg, num_classes=halves.bundle.num_classes, in_channels=halves.bundle.in_channels)
+    state = _SearchRun(method, space, cfg, net_cfg, halves, run=run, device=device, dist_info=dist_info,
+                       budget=budget)
+    result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=state.stateful(),
+                        config=state.config(spec, space_source), identity=identity, epoch_fn=state.epoch,
+                        device=device, resume=resume, summary=state.line, on_epoch_end=state.on_epoch_end,
+                        stop_after=stop_after, quiet=quiet or not dist_info.main, dist_info=dist_info,
+                        threads=cfg.threads)
+    return state.finish(result, spec)
 
-    # the same seed on every rank: the same initial weights and architecture, and the same draws
-    # of any method randomness after it
-    seed_everything(cfg.seed)
-    net = Supernet(method, net_cfg, device=device)
-    channels_last = use_channels_last(cfg, device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    step = BilevelStep(net, cfg, channels_last=channels_last, penalties=penalties)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(step.w_opt, T_max=cfg.epochs,
-                                                           eta_min=cfg.learning_rate / 25)
-    w_loader = make_loader(w_data, per_rank_batch, shuffle=True, seed=cfg.seed, device=device, dist=dist_info)
-    a_loader = make_loader(a_data, per_rank_batch, shuffle=True, seed=cfg.seed + 1, device=device, dist=dist_info)
-    steps_per_epoch = min(len(w_loader), len(a_loader))
-    derive_fn = deriver or default_deriver(space.ops, cfg.nodes)
-    memory = PeakMemory(device)
-    genotype_dir = run.root / "genotypes"
 
-    def epoch_fn(epoch: int, progress: LoopProgress) -> dict[str, Any]:
-        w_loader.set_epoch(epoch)
-        a_loader.set_epoch(epoch)
+@dataclass
+class SearchHalves:
+    """The dataset and its two halves: one trains the weights, the other the architecture."""
+
+    bundle: DataBundle
+    weights: ImageTensors
+    arch: ImageTensors
+
+    @classmethod
+    def load(cls, spec: DataSpec, cfg: SearchConfig) -> SearchHalves:
+        bundle = load_data(spec, subset=cfg.subset, seed=cfg.seed)
+        w_data, a_data = search_split(bundle, cfg.seed)
+        if len(w_data) < 1 or len(a_data) < 1:
+            raise EdgenasError(f"{spec} has {len(bundle.train)} training image(s): too few to split into "
+                               "halves for the weights and the architecture",
+                               "use a larger dataset or --subset (at least 2)")
+        return cls(bundle, w_data, a_data)
+
+
+class _SearchRun:
+    """One search call's supernet, optimisers and loaders, and what :func:`run_epochs` calls back:
+    an epoch (:meth:`epoch`), its record (:meth:`record`), its progress line (:meth:`line`)."""
+
+    def __init__(self, method: Method, space: SearchSpace, cfg: SearchConfig, net_cfg: SupernetConfig,
+                 halves: SearchHalves, *, run: RunDir, device: torch.device, dist_info: DistInfo,
+                 budget: BudgetPlan | None) -> None:
+        self.method, self.space, self.cfg, self.net_cfg, self.halves = method, space, cfg, net_cfg, halves
+        self.run, self.device, self.dist_info, self.budget = run, device, dist_info, budget
+        self.warmup = cfg.warmup_for(method)
+        self.per_rank_batch = cfg.batch_size // dist_info.world
+        # the same seed on every rank: the same initial weights and architecture, and the same draws
+        # of any method randomness after it
+        seed_everything(cfg.seed)
+        net = Supernet(method, net_cfg, device=device)
+        self.channels_last = use_channels_last(cfg, device)
+        self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        self.step = BilevelStep(self.net, cfg, channels_last=self.channels_last,
+                                penalties=budget.penalties() if budget else None)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.step.w_opt, T_max=cfg.epochs,
+                                                                    eta_min=cfg.learning_rate / 25)
+        self.w_loader = make_loader(halves.weights, self.per_rank_batch, shuffle=True, seed=cfg.seed,
+                                    device=device, dist=dist_info)
+        self.a_loader = make_loader(halves.arch, self.per_rank_batch, shuffle=True, seed=cfg.seed + 1,
+                                    device=device, dist=dist_info)
+        self.steps_per_epoch = min(len(self.w_loader), len(self.a_loader))
+        self.derive: Deriver = budget.deriver() if budget else default_deriver(space.ops, cfg.nodes)
+        self.memory = PeakMemory(device)
+        self.figures: list[Path] = []
+        # the weights and genotype of the latest epoch this call ran: the final files' source
+        self.latest: tuple[int, ArchWeights, Genotype] | None = None
+
+    def stateful(self) -> dict[str, Any]:
+        return {"model": self.net, "weight_optimizer": self.step.w_opt, "arch_optimizer": self.step.a_opt,
+                "scheduler": self.scheduler}
+
+    def config(self, spec: DataSpec, space_source: str | None) -> dict[str, Any]:
+        cfg, w_data, a_data = self.cfg, self.halves.weights, self.halves.arch
+        return {"method": self.method.name, "method_settings": self.method.settings(), "ops": list(self.space.ops),
+                "space": space_source, "space_dropped": [d.to_dict() for d in self.space.dropped],
+                "data": str(spec), **asdict(cfg), "warmup_epochs_used": self.warmup, "lr_used": cfg.learning_rate,
+                "supernet": asdict(self.net_cfg), "device": str(self.device), "channels_last": self.channels_last,
+                "world_size": self.dist_info.world, "per_rank_batch": self.per_rank_batch,
+                "penalties": sorted(self.step.penalties), "dataset": describe(self.halves.bundle),
+                "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": self.steps_per_epoch},
+                # Adam moves a logit by about arch_lr per step: this bounds how far any alpha can travel
+                "arch_reach": cfg.arch_lr * self.steps_per_epoch * (cfg.epochs - self.warmup)}
+
+    def epoch(self, epoch: int, progress: LoopProgress) -> dict[str, Any]:
+        net, step = self.net, self.step
+        self.w_loader.set_epoch(epoch)
+        self.a_loader.set_epoch(epoch)
         lr = step.w_opt.param_groups[0]["lr"]
-        arch_on = epoch >= warmup
+        arch_on = epoch >= self.warmup
         net.train()
         net.reset_records()
-        memory.reset()
+        self.memory.reset()
         train, val = RunningMean(), RunningMean()
         # Data-driven weights (SWD-NAS) are averaged over the validation batches; in warm-up there
         # are none, so the training batches stand in.
         record_arch = net.recording if arch_on else contextlib.nullcontext
         record_weights = contextlib.nullcontext if arch_on else net.recording
-        for (xw, yw), (xa, ya) in progress.batches(zip(w_loader, a_loader), steps_per_epoch, "search"):
+        batches = progress.batches(zip(self.w_loader, self.a_loader), self.steps_per_epoch, "search")
+        for (xw, yw), (xa, ya) in batches:
             if arch_on:
                 with record_arch():
                     logits, terms = step.arch_step(xa, ya, epoch)
@@ -417,86 +516,99 @@ def _search(method: Method, space: SearchSpace | None, cfg: SearchConfig, data: 
                 logits, loss = step.weight_step(xw, yw)
             n = yw.numel()
             train.add(n, loss=loss * n, top1=topk_correct(logits, yw, (1,))[0] * 100.0)
-        scheduler.step()
+        self.scheduler.step()
         merge_records(net)  # SWD-NAS' data-driven weights: the mean over every rank's batches
         sync_buffers(net)   # one set of BatchNorm running statistics in every rank's state
-        return summarise_epoch(epoch, lr, arch_on, train.means(device), val.means(device) if arch_on else {})
+        return self.record(epoch, lr, arch_on, train.means(self.device),
+                           val.means(self.device) if arch_on else {})
 
-    def summarise_epoch(epoch: int, lr: float, arch_on: bool, train: dict[str, float],
-                        val: dict[str, float]) -> dict[str, Any]:
+    def _penalty_log(self, edge_w: EdgeWeights) -> dict[str, dict[str, float]]:
+        if not self.step.penalties:
+            return {}
+        relaxed = self.net.relaxed_op_weights()
+        out = {}
+        for name, p in self.step.penalties.items():
+            term, value = p.penalty(relaxed, edge_w)
+            out[name] = {"term": float(term), "value": float(value)}
+        return out
+
+    def record(self, epoch: int, lr: float, arch_on: bool, train: dict[str, float],
+               val: dict[str, float]) -> dict[str, Any]:
+        """The history record of an epoch; also saves that epoch's genotype."""
         with torch.no_grad():
-            op_w = net.derivation_weights()
-            edge_w = {t: None if w is None else w.detach() for t, w in net.edge_weights().items()}
-            genotype = derive_fn(op_w, edge_w)
-            genotype.validate(space.ops)
-            penalty_log = {}
-            if step.penalties:
-                relaxed = net.relaxed_op_weights()
-                for name, p in step.penalties.items():
-                    term, value = p.penalty(relaxed, edge_w)
-                    penalty_log[name] = {"term": float(term), "value": float(value)}
-        if dist_info.main and all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
+            weights = ArchWeights.of(self.net)
+            genotype = self.derive(weights.ops, weights.edges)
+            genotype.validate(self.space.ops)
+            penalty_log = self._penalty_log(weights.edges)
+        self.latest = (epoch, weights, genotype)
+        if self.dist_info.main and all(math.isfinite(v) for v in (train["loss"], val.get("loss", 0.0))):
             # a diverged epoch is stopped before its checkpoint (run_epochs); leave no genotype of it
-            save_genotype(genotype, genotype_dir / f"epoch_{epoch + 1:03d}.json",
-                          meta={"method": method.name, "epoch": epoch + 1, "ops": list(space.ops)})
+            save_genotype(genotype, self.run.root / "genotypes" / f"epoch_{epoch + 1:03d}.json",
+                          meta={"method": self.method.name, "epoch": epoch + 1, "ops": list(self.space.ops)})
+        op_w = weights.ops
         record: dict[str, Any] = {
-            "lr": lr, "arch_updates": arch_on, "steps": steps_per_epoch,
+            "lr": lr, "arch_updates": arch_on, "steps": self.steps_per_epoch,
             "train_loss": train["loss"], "train_top1": train["top1"],
             "val_loss": val.get("loss"), "val_top1": val.get("top1"),
             "loss_terms": {k[5:]: v for k, v in val.items() if k.startswith("term_")},
-            **net.method.epoch_info(net, epoch),
-            "op_weights": {t: _rows(op_w[t]) for t in CELL_TYPES},
-            "edge_weights": {t: _rows(edge_w[t]) for t in CELL_TYPES} if any(
-                w is not None for w in edge_w.values()) else None,
+            **self.net.method.epoch_info(self.net, epoch),
+            "op_weights": {t: _rounded_rows(op_w[t]) for t in CELL_TYPES},
+            "edge_weights": {t: _rounded_rows(weights.edges[t]) for t in CELL_TYPES} if weights.has_edges else None,
             "genotype": genotype.to_dict(),
             "decisiveness": decisiveness({t: op_w[t].detach().cpu().double().numpy() for t in CELL_TYPES},
-                                         space.ops, genotype),
+                                         self.space.ops, genotype),
             "normal_skip_connect": skip_count(genotype.normal),
             "reduce_skip_connect": skip_count(genotype.reduce),
-            "peak_memory_bytes": memory.peak_bytes(), "memory_kind": memory.kind,
+            "peak_memory_bytes": self.memory.peak_bytes(), "memory_kind": self.memory.kind,
         }
         if penalty_log:
             record["penalties"] = penalty_log
         return record
 
-    def summary(r: dict[str, Any]) -> str:
+    def line(self, r: dict[str, Any]) -> str:
+        """An epoch's progress line."""
         val = (f"val loss {r['val_loss']:.4f} top-1 {r['val_top1']:.2f}%" if r["val_loss"] is not None
                else "warm-up (no architecture update)")
-        return (f"epoch {r['epoch'] + 1}/{cfg.epochs}  train loss {r['train_loss']:.4f} top-1 {r['train_top1']:.2f}%"
-                f"  {val}  skip(normal) {r['normal_skip_connect']}"
+        return (f"epoch {r['epoch'] + 1}/{self.cfg.epochs}  train loss {r['train_loss']:.4f} "
+                f"top-1 {r['train_top1']:.2f}%  {val}  skip(normal) {r['normal_skip_connect']}"
                 f"  decided {r['decisiveness']['chosen_decided_share']:.0%}  {r['seconds']:.1f}s"
                 f"  peak {r['peak_memory_bytes'] / 2**20:.0f} MiB")
 
-    figures: list[Path] = []
+    def on_epoch_end(self, history: History) -> None:
+        if len(history.records) == self.cfg.epochs:
+            self.figures[:] = draw_figures(self.run, history.records[-1], self.space.ops, self.method)
 
-    def on_epoch_end(history: History) -> None:
-        if len(history.records) == cfg.epochs:
-            figures[:] = draw_figures(run, history.records[-1], space.ops, method)
+    def _final(self, last: Mapping[str, Any]) -> tuple[ArchWeights, Genotype] | None:
+        """The final weights and genotype: this call's last epoch's tensors; when the search had
+        finished before this call, None if its files are there (written from those tensors then),
+        else the history's rounded weights (both files are still derived from the same ones)."""
+        if self.latest is not None and self.latest[0] == self.cfg.epochs - 1:
+            return self.latest[1], self.latest[2]
+        root = self.run.root
+        if (root / "genotype.json").exists() and (self.budget is None or (root / "budget.json").exists()):
+            return None
+        weights = ArchWeights.from_record(last)
+        return weights, self.derive(weights.ops, weights.edges)
 
-    config = {"method": method.name, "method_settings": method.settings(), "ops": list(space.ops),
-              "space": space_source, "space_dropped": [d.to_dict() for d in space.dropped],
-              "data": str(spec), **asdict(cfg), "warmup_epochs_used": warmup, "lr_used": cfg.learning_rate,
-              "supernet": asdict(net_cfg), "device": str(device), "channels_last": channels_last,
-              "world_size": dist_info.world, "per_rank_batch": per_rank_batch,
-              "penalties": sorted(step.penalties), "dataset": describe(bundle),
-              "search_split": {"weights": len(w_data), "arch": len(a_data), "steps_per_epoch": steps_per_epoch},
-              # Adam moves a logit by about arch_lr per step: this bounds how far any alpha can travel
-              "arch_reach": cfg.arch_lr * steps_per_epoch * (cfg.epochs - warmup)}
-    stateful = {"model": net, "weight_optimizer": step.w_opt, "arch_optimizer": step.a_opt, "scheduler": scheduler}
-    result = run_epochs(run, kind="search", epochs=cfg.epochs, stateful=stateful, config=config, identity=identity,
-                        epoch_fn=epoch_fn, device=device, resume=resume, summary=summary,
-                        on_epoch_end=on_epoch_end, stop_after=stop_after, quiet=quiet or not dist_info.main,
-                        dist_info=dist_info, threads=cfg.threads)
-    last = result.history.records[-1]
-    genotype = Genotype.from_dict(last["genotype"], source=str(run.history))
-    if result.epochs_done == cfg.epochs and dist_info.main:
-        save_genotype(genotype, run.root / "genotype.json",
-                      meta={"method": method.name, "epochs": cfg.epochs, "ops": list(space.ops),
-                            "data": str(spec), "normal_skip_connect": last["normal_skip_connect"]})
-        if not figures:  # resumed after the last epoch had already finished
-            figures = draw_figures(run, last, space.ops, method)
-    return SearchResult(run=run.root, loop=result, genotype=genotype, method=method.name, ops=space.ops,
-                        figures=figures)
+    def finish(self, result: LoopResult, spec: DataSpec) -> SearchResult:
+        """The final genotype, and on the writing process genotype.json, budget.json and the figures."""
+        last = result.history.records[-1]
+        genotype = Genotype.from_dict(last["genotype"], source=str(self.run.history))
+        check = None
+        if result.epochs_done == self.cfg.epochs and self.dist_info.main:
+            final = self._final(last)
+            if final is not None:
+                genotype = final[1]
+                meta = {"method": self.method.name, "epochs": self.cfg.epochs, "ops": list(self.space.ops),
+                        "data": str(spec), "normal_skip_connect": skip_count(genotype.normal)}
+                check = write_search_outputs(self.run.root, final[0], genotype, meta, self.budget)
+            elif self.budget is not None:
+                doc = read_json(self.run.root / "budget.json", BUDGET_FORMAT, 1, "budget check")
+                check = {k: v for k, v in doc.items() if k not in ("format", "version")}
+            if not self.figures:  # resumed after the last epoch had already finished
+                self.figures = draw_figures(self.run, last, self.space.ops, self.method)
+        return SearchResult(run=self.run.root, loop=result, genotype=genotype, method=self.method.name,
+                            ops=self.space.ops, figures=self.figures, budget=check)
 
 
 def merge_records(net: Supernet) -> None:
@@ -581,5 +693,5 @@ def default_run_folder(method: str) -> Path:
     return Path("runs") / f"search-{method}"
 
 
-__all__ = ["ArchPenalty", "BilevelStep", "Deriver", "PeakMemory", "SearchConfig", "SearchResult", "default_deriver",
-           "default_run_folder", "search", "skip_count", "use_channels_last"]
+__all__ = ["ArchPenalty", "ArchWeights", "BilevelStep", "Deriver", "PeakMemory", "SearchConfig", "SearchResult",
+           "default_deriver", "default_run_folder", "search", "skip_count", "use_channels_last", "write_search_outputs"]
