@@ -19,21 +19,24 @@ from edgenas import __version__
 from edgenas.errors import EdgenasError
 
 
+def _temp_beside(path: Path, suffix: str, what: str) -> Path:
+    """An empty hidden file in ``path``'s folder (created if need be), or one line saying why not."""
+    if path.is_dir():
+        raise EdgenasError(f"cannot write {what}{path}: it is a directory", "pass a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise EdgenasError(f"cannot write {what}{path}: {e.strerror or e}", "choose a writable output path") from None
+    os.close(fd)
+    return Path(tmp)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
     path = Path(path)
-    if path.is_dir():
-        raise EdgenasError(f"cannot write {path}: it is a directory", "pass a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise EdgenasError(
-            f"cannot write {path}: {e.strerror or e}", "choose a writable output path"
-        ) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_beside(path, ".tmp", "")
     try:
         yield tmp_path
         # mkstemp makes files private (0600); give the result the permissions a plain open() would
@@ -126,16 +129,7 @@ def require(doc: dict[str, Any], key: str, kind: type | tuple[type, ...], path: 
 def ensure_writable(path: str | Path, what: str = "output") -> Path:
     """Fail early (before a long run) if ``path`` cannot be written; creates its folder."""
     path = Path(path)
-    if path.is_dir():
-        raise EdgenasError(f"{what} path {path} is a directory", "pass a file path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=path.parent)
-    except OSError as e:
-        raise EdgenasError(f"cannot write {what} {path}: {e.strerror or e}",
-                           "choose a writable output path") from None
-    os.close(fd)
-    os.unlink(tmp)
+    _temp_beside(path, ".probe", f"{what} ").unlink()
     return path
 
 
