@@ -23,6 +23,7 @@ app = typer.Typer(
     help="Hardware-aware NAS: profile -> prune -> search -> train -> export.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # option help shows defaults in [brackets]: literal text, not markup
     pretty_exceptions_enable=False,
 )
 list_app = typer.Typer(help="List registered operators, search methods or built-in genotypes.",
