@@ -122,5 +122,7 @@ def test_help_shows_the_defaults_of_the_configs_options_override():
                   f"[{SearchConfig().batch_size}]", f"[{BudgetSpec().budget_batch}]"):
         assert shown in text
     assert "{" not in text
+    # bracketed text is text, not markup: the default run folder and the penalty's E[cost] show
+    assert "Run folder [runs/search-<method>" in text and "E[cost]" in text
     text = " ".join(runner.invoke(app, ["profile", "--help"], env={"COLUMNS": "200"}).output.split())
     assert f"at least [{ProfileSettings().runs}]" in text and "{" not in text
