@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import EdgenasError
+from edgenas.errors import EdgenasError
 
 AUTO = "auto"
 

@@ -26,7 +26,8 @@ def run_cmd(
     method: Optional[str] = typer.Option(None, "--method", help="Search method (see `edgenas list methods`)."),
     mac_budget: Optional[str] = typer.Option(None, "--mac-budget", help="MAC budget of the trained network, e.g. 50M."),
     latency_budget: Optional[str] = typer.Option(None, "--latency-budget",
-                                                 help="Latency budget of the cell operators at batch 1, e.g. 12ms."),
+                                                 help="Latency budget of the whole network on the profile's "
+                                                 "runtime, provider and batch, e.g. 12ms."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every stage."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<method>-<data>)."),

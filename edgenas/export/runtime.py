@@ -17,6 +17,7 @@ import torch
 
 from edgenas.errors import EdgenasError, VerificationError
 from edgenas.export.settings import INPUT_NAME, OUTPUT_NAME, PARITY_INPUTS, PROVIDERS, ExportSettings
+from edgenas.threads import usable_cpus
 
 if TYPE_CHECKING:  # onnxruntime stays a lazy import at run time
     import onnxruntime as ort
@@ -43,7 +44,7 @@ def physical_cores() -> int:
         cores = len(seen)
     except OSError:
         cores = 0
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    allowed = usable_cpus()
     return max(1, min(cores or allowed, allowed))
 
 

@@ -149,7 +149,7 @@ class SearchConfig:
 
 
 def use_channels_last(cfg: SearchConfig, device: torch.device) -> bool:
-    # On the CPU channels_last made a DARTS search step ~2x faster (benchmarks/search_step.py);
+    # On the CPU channels_last made a DARTS search step faster (benchmarks/search_step.py --format);
     # on CUDA fp32 depthwise convolutions gain nothing from it.
     return cfg.channels_last if cfg.channels_last is not None else device.type == "cpu"
 
