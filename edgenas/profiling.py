@@ -340,10 +340,6 @@ class FixedPart:
     def ms(self) -> float:
         return self.latency.median
 
-    def scale(self, op: str) -> float:
-        """What one entry of ``op`` costs inside this network, per unit of its entry (1 if uncalibrated)."""
-        return next((c.scale for c in self.calibration if c.op == op), 1.0)
-
     def to_dict(self) -> dict[str, Any]:
         n = self.net
         return {"setting": n.setting, "C": n.C, "layers": n.layers, "H": n.H, "W": n.W,

@@ -168,7 +168,11 @@ class OpTotals:
 
 
 def op_totals(profile: Profile, op: str, shapes: list[Shape]) -> OpTotals:
-    """Sum ``op``'s median latency, MACs, params and memory over ``shapes``."""
+    """Sum ``op``'s median latency, MACs, params and memory over ``shapes``.
+
+    Entries as timed, without a network's calibration scale: pruning compares operators shape by
+    shape, not inside one network (the scales belong to whole-network predictions).
+    """
     entries = [profile.lookup(op, s.C, s.H, s.W, s.stride) for s in shapes]
     if any(e is None for e in entries):
         raise EdgenasError(f"the profile lacks {op} at some of the shapes compared",

@@ -27,6 +27,9 @@ from edgenas.errors import EdgenasError
 
 AUTO = "auto"
 
+#: Where Linux keeps each CPU's time since boot.
+PROC_STAT = "/proc/stat"
+
 #: Seconds of CPU accounting a decision is based on: long enough to average a scheduler's slices,
 #: short enough to follow a job that starts or stops within an epoch.
 WINDOW_S = 0.5
@@ -51,20 +54,30 @@ def parse_threads(value: int | str | None) -> int | str:
 
 
 def machine_busy_seconds() -> float | None:
-    """CPU-seconds all processes have run since boot (``/proc/stat``), or None where unreadable.
+    """CPU-seconds all processes have run since boot on the CPUs this process may use (the
+    per-CPU lines of ``/proc/stat``), or None where unreadable.
 
-    Steal time counts as busy: a hypervisor that takes a core away leaves it as unavailable as a
-    neighbour process does.
+    Only this process's CPUs count: under ``taskset`` or a cgroup cpuset, load elsewhere leaves
+    them free. Steal time counts as busy: a hypervisor that takes a core away leaves it as
+    unavailable as a neighbour process does.
     """
+    mine = usable_cpu_ids()
+    total, seen = 0, 0
     try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
-    except OSError:
+        with open(PROC_STAT, encoding="ascii") as f:
+            for line in f:
+                fields = line.split()
+                name = fields[0] if fields else ""
+                if not name.startswith("cpu") or not name[3:].isdigit() or len(fields) < 9:
+                    continue
+                if mine is not None and int(name[3:]) not in mine:
+                    continue
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+                total += user + nice + system + irq + softirq + steal
+                seen += 1
+    except (OSError, ValueError):
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 9:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
 
 
 def own_cpu_seconds() -> float:
@@ -73,12 +86,18 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+def usable_cpu_ids() -> set[int] | None:
+    """The ids of the CPUs this process may run on, or None where the OS has no affinity mask."""
     try:
-        return len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        return None
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on (its affinity mask where the OS has one)."""
+    ids = usable_cpu_ids()
+    return len(ids) if ids is not None else (os.cpu_count() or 1)
 
 
 @dataclass
@@ -88,6 +107,10 @@ class ThreadGovernor:
     ``tick()`` is called after every batch; at most every ``window`` seconds it works out how many
     cores other processes used since the last decision and, when the same new count comes out of
     two decisions in a row (one noisy window does not flap the pool), switches to it.
+
+    CPUs are counted as the OS lists them: on a machine with SMT a neighbour on one hardware
+    thread leaves its sibling listed free, so the pool (at most one thread per physical core) only
+    shrinks once the neighbours hold more CPUs than the physical cores' worth left over.
     """
 
     max_threads: int

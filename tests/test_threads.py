@@ -164,3 +164,31 @@ def test_a_run_config_takes_a_thread_policy_per_stage(tmp_path):
     path.write_text('data = "synthetic:64"\n[search]\nthreads = "lots"\n')
     with pytest.raises(EdgenasError, match="threads"):
         load_config(path, {})
+
+
+def test_only_the_cpus_this_process_may_use_are_counted(tmp_path, monkeypatch):
+    import edgenas.threads as threads
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  900 0 900 5000 0 0 0 0 0 0\n"
+                    "cpu0 100 0 100 2500 0 0 0 0 0 0\n"
+                    "cpu1 800 0 800 2500 0 0 0 0 0 0\n"
+                    "intr 12345\n")
+    monkeypatch.setattr(threads, "PROC_STAT", str(stat))
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    monkeypatch.setattr(threads, "usable_cpu_ids", lambda: {0})
+    assert threads.machine_busy_seconds() == pytest.approx(200 / hz)  # cpu1's load is not ours to avoid
+    monkeypatch.setattr(threads, "usable_cpu_ids", lambda: None)
+    assert threads.machine_busy_seconds() == pytest.approx(1800 / hz)
+    stat.write_text("intr 12345\n")
+    assert threads.machine_busy_seconds() is None
+
+
+def test_train_with_auto_threads_records_them_per_epoch(tmp_path):
+    before = torch.get_num_threads()
+    result = CliRunner().invoke(app, ["train", "DARTS_V2", "--data", "synthetic:64", "--epochs", "1", "--channels",
+                                      "4", "--layers", "2", "--batch-size", "16", "--cutout", "0", "-q",
+                                      "--threads", "auto", "--out", str(tmp_path / "t")])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "t" / "history.jsonl").read_text().splitlines()]
+    assert 1 <= records[-1]["threads"] <= before and torch.get_num_threads() == before

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -20,9 +20,12 @@ from edgenas.cli.common import (
 )
 from edgenas.errors import EdgenasError
 
+if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fast
+    from edgenas.nets import NetConfig
+
 
 def _setting_configs(settings: list[str], channels: Optional[int], layers: Optional[int],
-                     input_hw: Optional[str]) -> list[Any]:
+                     input_hw: Optional[str]) -> list[NetConfig]:
     from edgenas.nets import SETTINGS, setting_config
 
     for name in settings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -19,6 +19,9 @@ from edgenas.cli.common import (
     out_console,
 )
 from edgenas.errors import EdgenasError
+
+if TYPE_CHECKING:  # the CLI imports the library lazily, so that --help stays fast
+    from edgenas.search.loop import SearchResult
 
 
 @command(app, "search", defaults_from=("edgenas.search.loop:SearchConfig",
@@ -140,7 +143,7 @@ def search_cmd(
     con = out_console(json_out, quiet)
     main_rank = dist_from_env().main
 
-    def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> Any:
+    def run_one(run_cfg: SearchConfig, run_dir: Path, resume_run: bool) -> SearchResult:
         return search(chosen, given_space, run_cfg, data, out=run_dir, device=dev, resume=resume_run,
                       stop_after=stop_after, quiet=quiet or not main_rank, budget=plan,
                       space_source=str(space) if space is not None else None)
