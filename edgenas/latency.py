@@ -212,6 +212,9 @@ def profile_missing(
     ``device`` with its runtime, provider, threads and settings.
 
     A key is anything with op, C, H, W, stride (a :class:`ShapeKey`, a :class:`edgenas.nets.OpShape`).
+    A network's fixed part measured here is calibrated for every operator the profile holds; an
+    operator first measured here for a fixed part that already exists keeps scale 1 (its entries
+    as timed) until the profile is taken again with ``edgenas profile --setting``.
     """
     device = target_device(profile, device)
     slug = device_slug(device)

@@ -21,10 +21,14 @@ table entries), extended so that the sum covers the whole deployed network:
 * **Fixed parts** (:class:`FixedPart`). For each network setting the profile also times a
   *reference network*: the evaluation network with every cell operator replaced by the cheapest
   stand-in (identity on stride-1 edges, 3x3 max pooling on stride-2 edges). Its measured time minus
-  its stand-ins' entries is what every network of that setting pays besides its cell operators:
-  stems, cell preprocessing (ReLU-conv-BN / FactorizedReduce), node sums, concatenation, global
-  pooling, classifier and the runtime's one call. A prediction is that part plus the entries of
-  the genotype's operators (:mod:`edgenas.latency`).
+  its stand-ins' entries (as scaled, below) is what every network of that setting pays besides its
+  cell operators: stems, cell preprocessing (ReLU-conv-BN / FactorizedReduce), node sums,
+  concatenation, global pooling, classifier and the runtime's one call.
+* **Calibration** (:func:`fit_part`). Per setting and operator, a network of that operator on every
+  edge is timed whole; less the fixed part, over the sum of its entries, it gives the operator's
+  *scale* in that network (an entry timed among copies of itself runs with its input in the cache;
+  in a network its input comes from another operator). A prediction is the fixed part plus each
+  of the genotype's operator entries times its operator's scale (:mod:`edgenas.latency`).
 * **Robust timing** (:func:`timed`). Calls are grouped into samples of at least ``sample_ms``;
   samples are taken for at least ``min_seconds``; p10/p50/p90 are kept; an attempt whose spread
   ``(p90 - p10) / p50`` exceeds ``max_spread`` is measured again (up to ``attempts``), and an entry
@@ -324,8 +328,9 @@ class FixedPart:
     """What a network of ``net`` pays besides its cell operators (see the module docstring).
 
     ``latency`` is the reference network's measured time less ``reference_ops_ms`` (its stand-in
-    operators' entries), so its median is the fixed part; p10/p90 are the reference network's,
-    shifted the same way.
+    operators' entries, each times its operator's calibration scale), so its median is the fixed
+    part; p10/p90 are the reference network's, shifted the same way. ``calibration`` holds each
+    operator's scale in this network (:func:`fit_part`).
     """
 
     net: NetKey
