@@ -14,6 +14,7 @@ from edgenas.cli.common import (
     app,
     command,
     emit_json,
+    given,
     out_console,
 )
 
@@ -69,13 +70,13 @@ def train_cmd(
     from edgenas.genotypes import genotype_label, load_genotype
     from edgenas.train import TrainConfig, default_run_folder, protocol_defaults, train
 
-    given = {"channels": channels, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-             "momentum": momentum, "weight_decay": weight_decay, "auxiliary_weight": auxiliary_weight,
-             "drop_path": drop_path, "cutout": cutout, "label_smoothing": label_smoothing, "grad_clip": grad_clip}
+    # the setting's published protocol, with what the user gave in its place
     cfg: TrainConfig = replace(protocol_defaults(setting), seed=seed, subset=subset, test_subset=test_subset,
                                in_channels=in_channels, amp=amp, channels_last=channels_last,
-                               **({"threads": threads} if threads is not None else {}),
-                               **{k: v for k, v in given.items() if v is not None})
+                               **given(channels=channels, layers=layers, epochs=epochs, batch_size=batch_size, lr=lr,
+                                       momentum=momentum, weight_decay=weight_decay,
+                                       auxiliary_weight=auxiliary_weight, drop_path=drop_path, cutout=cutout,
+                                       label_smoothing=label_smoothing, grad_clip=grad_clip, threads=threads))
     geno = load_genotype(genotype)
     dev = resolve_device(device)
     main_rank = dist_from_env().main
