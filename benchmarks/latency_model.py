@@ -46,6 +46,8 @@ from edgenas.latency import measure_network, predict_latency
 from edgenas.nets import setting_config
 from edgenas.ops import DARTS_OPS
 from edgenas.profiling import (
+    REFERENCE_GENOTYPE,
+    NetKey,
     Profile,
     ProfileSettings,
     profile_ops,
@@ -108,9 +110,30 @@ def profile_both(variant: str, cfgs: list[Any], threads: int, settings: ProfileS
     return prof, time.perf_counter() - t0
 
 
+#: A network measured while the machine ran more than this much faster or slower than when it was
+#: profiled (by the setting's reference network, timed again beside it) is reported apart.
+DRIFT = 0.10
+
+
+def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(rows) < 2:
+        return {"median_abs_error": None, "max_abs_error": None, "kendall_tau": None, "n": len(rows)}
+    errs = [abs(r["error"]) for r in rows]
+    return {"median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
+            "kendall_tau": kendall_tau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+            "n": len(rows)}
+
+
 def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: dict[Any, Any]) -> dict[str, Any]:
-    """Predicted against measured; networks are measured once per runtime (``measured`` caches them)."""
+    """Predicted against measured; networks are measured once per runtime (``measured`` caches them).
+
+    Beside every network the setting's reference network is timed again: over the time the
+    profile was taken, its measured time over the profile's (``machine_speed``) says how much the
+    machine itself drifted (a shared VM can run at another speed for minutes at a time). Rows measured
+    while it drifted by more than :data:`DRIFT` are reported apart (``steady`` leaves them out).
+    """
     rows = []
+    part = prof.part(NetKey.of(cfg))
     if not any(k[:2] == (prof.runtime, cfg) for k in measured):
         # untimed: the first network a runtime builds at a setting measured apart from the others
         # (allocations and the runtime's own first-use costs land in its timing despite the warm-up)
@@ -121,14 +144,14 @@ def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: 
         if key not in measured:
             measured[key] = measure_network(g, cfg, prof, CPU)
         meas = measured[key]
+        speed = measure_network(REFERENCE_GENOTYPE, cfg, prof, CPU).stats.median / part.network_ms
         rows.append({"genotype": name, "predicted_ms": pred.total_ms, "measured_ms": meas.stats.median,
-                     "measured_stable": meas.stable,
+                     "measured_stable": meas.stable, "machine_speed": speed,
                      "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
-    errs = [abs(r["error"]) for r in rows]
+    steady = [r for r in rows if abs(r["machine_speed"] - 1) <= DRIFT]
     return {"setting": f"{cfg.setting} C={cfg.C}, {cfg.layers} cells, {cfg.input_hw[0]}x{cfg.input_hw[1]}",
-            "median_abs_error": statistics.median(errs), "max_abs_error": max(errs),
-            "kendall_tau": kendall_tau([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-            "n": len(rows), "rows": rows}
+            **_stats(rows), "steady": _stats(steady), "rows": rows,
+            "machine_speed": [min(r["machine_speed"] for r in rows), max(r["machine_speed"] for r in rows)]}
 
 
 def compare_profiles(quiet: Profile, busy: Profile) -> dict[str, Any]:
@@ -218,11 +241,16 @@ def main() -> None:
                                        "unstable": prof.unstable(), "settings": evals}
         print(f"\n{runtime}, {prof.units()}: profiled {len(prof.entries)} entries + {len(prof.parts)} fixed parts in "
               f"{wall:.1f} s ({len(prof.unstable())} unstable)")
-        print("| setting | median abs error | max abs error | Kendall tau | n |")
-        print("|---|---:|---:|---:|---:|")
+        print("| setting | median abs error | max abs error | Kendall tau | n | machine speed | steady: median "
+              "/ max / tau / n |")
+        print("|---|---:|---:|---:|---:|---|---|")
         for e in evals:
+            s = e["steady"]
+            steady = (f"{s['median_abs_error']:.1%} / {s['max_abs_error']:.1%} / {s['kendall_tau']:.3f} / {s['n']}"
+                      if s["n"] >= 2 else f"- / - / - / {s['n']}")
             print(f"| {e['setting']} | {e['median_abs_error']:.1%} | {e['max_abs_error']:.1%} | "
-                  f"{e['kendall_tau']:.3f} | {e['n']} |")
+                  f"{e['kendall_tau']:.3f} | {e['n']} | {e['machine_speed'][0]:.2f}-{e['machine_speed'][1]:.2f} | "
+                  f"{steady} |")
     if args.busy:
         if quiet_ort is None:
             quiet_ort, _ = profile_both("ort", cfgs, threads, settings)
