@@ -31,7 +31,7 @@ import bisect
 import dataclasses
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,15 @@ import numpy as np
 import torch
 
 from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, node_states, num_edges
+from edgenas.costs import MAC_CONVENTION, OpInstance, count_macs, op_macs
+from edgenas.data.load import load_data
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
+from edgenas.latency import fixed_ms, latency_lookup, op_scales, predict_latency, profile_missing
+from edgenas.nets import NetConfig, build_network, edge_shape, plan_cells, setting_config
+from edgenas.network_costs import network_macs
 from edgenas.ops import get_op
+from edgenas.profiling import Profile
 from edgenas.values import MAX_MAGNITUDE, check_number, finite_fields
 
 BUDGET_FORMAT = "edgenas.budget-check"  # budget.json: constrained vs unconstrained genotype
@@ -336,9 +342,9 @@ def reference_genotype(ops: Sequence[str], steps: int) -> Genotype:
     return Genotype(normal=edges, normal_concat=concat, reduce=edges, reduce_concat=concat)
 
 
-def _edge_tables(cfg, ops: Sequence[str], steps: int, cost_of) -> dict[str, np.ndarray]:
+def _edge_tables(cfg: NetConfig, ops: Sequence[str], steps: int,
+                 cost_of: Callable[[OpInstance], float]) -> dict[str, np.ndarray]:
     """Sum ``cost_of(OpShape)`` over every cell of each type, per (input index, op)."""
-    from edgenas.nets import edge_shape, plan_cells
 
     tables = {t: np.zeros((steps + 1, len(ops))) for t in CELL_TYPES}
     for plan in plan_cells(reference_genotype(ops, steps), cfg):
@@ -351,10 +357,8 @@ def _edge_tables(cfg, ops: Sequence[str], steps: int, cost_of) -> dict[str, np.n
     return tables
 
 
-def mac_model(cfg, ops: Sequence[str], steps: int) -> CostModel:
+def mac_model(cfg: NetConfig, ops: Sequence[str], steps: int) -> CostModel:
     """Exact MACs (costs.py convention) of the evaluation network ``cfg`` as an additive model."""
-    from edgenas.costs import MAC_CONVENTION, count_macs, op_macs
-    from edgenas.nets import build_network
 
     ops = tuple(ops)
     tables = _edge_tables(cfg, ops, steps, op_macs)
@@ -365,7 +369,7 @@ def mac_model(cfg, ops: Sequence[str], steps: int) -> CostModel:
                      fixed=float(total) - edges_only.genotype_cost(ref), note=MAC_CONVENTION)
 
 
-def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
+def latency_model(cfg: NetConfig, ops: Sequence[str], steps: int, profile: Profile) -> CostModel:
     """Predicted latency of the whole evaluation network ``cfg`` (ms per call at the profile's batch,
     on its runtime and provider): the profile's fixed part of ``cfg`` plus the cell operators.
 
@@ -373,7 +377,6 @@ def latency_model(cfg, ops: Sequence[str], steps: int, profile) -> CostModel:
     profile: a missing one raises (never counted as zero); :func:`edgenas.latency.profile_missing`
     measures them.
     """
-    from edgenas.latency import fixed_ms, latency_lookup, op_scales
 
     ops = tuple(ops)
     needed = []
@@ -421,7 +424,6 @@ class BudgetSpec:
         return self.mac_budget is not None or self.latency_budget_ms is not None
 
     def net_config(self, in_channels: int = 3):
-        from edgenas.nets import setting_config
 
         return setting_config(self.setting, channels=self.channels, layers=self.layers, input_hw=self.input_hw,
                               num_classes=self.num_classes, in_channels=in_channels)
@@ -446,11 +448,11 @@ class BudgetPlan:
     """Budgets bound to one search space and evaluation network: penalties, deriver, confirmation."""
 
     spec: BudgetSpec
-    cfg: Any  # NetConfig of the evaluation network
+    cfg: NetConfig  # the evaluation network
     ops: tuple[str, ...]
     steps: int
     budgets: dict[str, Budget]  # "mac_budget" / "latency_budget" -> Budget
-    profile: Any = None
+    profile: Profile | None = None
 
     def penalties(self) -> dict[str, Budget]:
         return dict(self.budgets)
@@ -473,8 +475,6 @@ class BudgetPlan:
 
     def measure(self, genotype: Genotype) -> dict[str, Any]:
         """The costs of ``genotype``'s evaluation network, counted on the built network itself."""
-        from edgenas.latency import predict_latency
-        from edgenas.network_costs import network_macs
 
         out: dict[str, Any] = {"macs": network_macs(genotype, self.cfg)}
         if self.profile is not None:
@@ -544,7 +544,6 @@ def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps
     """
     if not spec.active:
         return None
-    from edgenas.data.load import load_data
 
     bundle = load_data(data, subset=2, seed=seed)
     if spec.setting != "imagenet-mobile":
@@ -554,10 +553,8 @@ def plan_budgets_for_data(spec: BudgetSpec, data: str, ops: Sequence[str], steps
                         in_channels=bundle.in_channels)
 
 
-def _budget_profile(spec: BudgetSpec, cfg, ops, steps, profile_path, device):
-    from edgenas.latency import profile_missing
-    from edgenas.profiling import Profile
-
+def _budget_profile(spec: BudgetSpec, cfg: NetConfig, ops: Sequence[str], steps: int,
+                    profile_path: str | Path | None, device: torch.device) -> Profile:
     if profile_path is None:
         raise EdgenasError("a latency budget needs a profile of the target device",
                            "add --profile profiles/<device>.json (made by `edgenas profile`)")
