@@ -50,6 +50,7 @@ configurations run one after the other, ``--rounds`` times alternating.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -130,13 +131,11 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from edgenas.device import cpu_allocator, keep_cpu_memory, resolve_device
-    from edgenas.threads import AUTO, ThreadGovernor, parse_threads
+    from edgenas.threads import parse_threads, thread_policy
 
-    policy = parse_threads(args.threads)
-    if policy != AUTO and policy:
-        torch.set_num_threads(policy)
-    # as `edgenas search --threads auto` does: the governor decides between steps
-    governor = ThreadGovernor(max_threads=torch.get_num_threads()) if policy == AUTO else None
+    # as `edgenas search --threads` does; under auto the governor decides between steps (the
+    # worker process ends with the benchmark, so the policy is never left)
+    governor = contextlib.ExitStack().enter_context(thread_policy(parse_threads(args.threads)))
     device = resolve_device(args.device)
     if device.type == "cpu":
         keep_cpu_memory()  # as a search run does (edgenas.runs.run_epochs)

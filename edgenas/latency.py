@@ -45,7 +45,7 @@ from edgenas.profiling import (
 LATENCY_COVERS = (
     "whole network: the profile's fixed part of this network configuration (stems, cell preprocessing, "
     "node sums, concatenation, global pooling, classifier, the runtime's call) plus every cell operator "
-    "instance's entry"
+    "instance's entry, times its operator's calibration scale in this network"
 )
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,6 +176,16 @@ def random_genotype(ops: Sequence[str], steps: int, rng: np.random.Generator) ->
     return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"], reduce_concat=concat)
 
 
+def _accepted(ops: Sequence[str], steps: int, rng: np.random.Generator,
+              accept: Callable[[Genotype], bool] | None, max_tries: int) -> Iterator[Genotype]:
+    """Random genotypes of the space that ``accept`` takes, from at most ``max_tries`` draws
+    (rejection sampling: uniform over the accepted part of the space)."""
+    for _ in range(max_tries):
+        g = random_genotype(ops, steps, rng)
+        if accept is None or accept(g):
+            yield g
+
+
 def sample_random_genotypes(ops: Sequence[str], steps: int, n: int, rng: np.random.Generator,
                             accept: Callable[[Genotype], bool] | None = None,
                             max_tries: int = 200_000) -> list[Genotype]:
@@ -185,12 +195,10 @@ def sample_random_genotypes(ops: Sequence[str], steps: int, n: int, rng: np.rand
     when ``max_tries`` draws do not find ``n`` of them.
     """
     found: dict[Genotype, None] = {}
-    for _ in range(max_tries):
-        g = random_genotype(ops, steps, rng)
-        if g not in found and (accept is None or accept(g)):
-            found[g] = None
-            if len(found) == n:
-                return list(found)
+    for g in _accepted(ops, steps, rng, accept, max_tries):
+        found[g] = None
+        if len(found) == n:
+            return list(found)
     raise ValueError(f"found only {len(found)} of {n} random genotypes meeting the constraint "
                      f"in {max_tries} draws")
 
@@ -204,14 +212,7 @@ def random_agreement_sampled(ops: Sequence[str], steps: int, accept: Callable[[G
     estimate uses the pairs found (the method says how many); when not one pair is found, it falls
     back to the exact chance level of the whole space and says so.
     """
-    rng = np.random.default_rng(seed)
-    draws: list[Genotype] = []
-    for _ in range(max_tries):
-        g = random_genotype(ops, steps, rng)
-        if accept(g):
-            draws.append(g)
-            if len(draws) == 2 * samples:
-                break
+    draws = list(itertools.islice(_accepted(ops, steps, np.random.default_rng(seed), accept, max_tries), 2 * samples))
     pairs = len(draws) // 2
     if pairs == 0:
         exact = random_agreement_exact(ops, steps)
