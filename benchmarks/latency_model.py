@@ -33,6 +33,7 @@ import os
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -42,14 +43,17 @@ from edgenas.cells import node_states
 from edgenas.device import cpu_model
 from edgenas.export.runtime import physical_cores
 from edgenas.genotypes import GENOTYPES, Genotype
-from edgenas.latency import measure_network, predict_latency
-from edgenas.nets import setting_config
+from edgenas.latency import predict_latency, runtime_of
+from edgenas.nets import build_network, setting_config
 from edgenas.ops import DARTS_OPS
 from edgenas.profiling import (
     REFERENCE_GENOTYPE,
+    Measured,
     NetKey,
+    OrtRuntime,
     Profile,
     ProfileSettings,
+    onnx_graph,
     profile_ops,
     setting_shapes,
 )
@@ -124,40 +128,75 @@ def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "n": len(rows)}
 
 
-def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: dict[Any, Any]) -> dict[str, Any]:
+def network_timer(g: Genotype, cfg: Any, prof: Profile) -> Callable[[], Measured]:
+    """Times ``g``'s evaluation network as :func:`edgenas.latency.measure_network` does, built (and
+    exported) once so that it can be timed again in every round."""
+    rt = runtime_of(prof, CPU)
+    net = build_network(g, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+    if isinstance(rt, OrtRuntime):
+        proto = onnx_graph(net, [torch.zeros(prof.batch, *cfg.input_shape)], rt.settings.opset)
+        return lambda: rt.time_graph(proto, [(prof.batch, *cfg.input_shape)])
+    return lambda: rt.time(net, cfg.input_shape, prof.batch)
+
+
+def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: dict[Any, Any],
+             rounds: int) -> dict[str, Any]:
     """Predicted against measured; networks are measured once per runtime (``measured`` caches them).
 
-    Right before and right after every network the setting's reference network is timed again: its
-    measured time over the profile's (``machine_speed``, the larger deviation of the two) says how
-    much the machine itself drifted (a shared VM can run at another speed for minutes at a time). Rows measured
-    while it drifted by more than :data:`DRIFT` are reported apart (``steady`` leaves them out).
+    Every network is timed in ``rounds`` rounds, each visiting the networks in another order, and
+    its median over the rounds kept: a moment when the machine ran slower lands in one round of a
+    network, not in all. Right after every network the setting's reference network is timed again:
+    its time over the profile's (``machine_speed``, the larger deviation of the two around a network,
+    median over the rounds) says how much the machine itself drifted. Rows measured while it
+    drifted by more than :data:`DRIFT` are reported apart (``steady`` leaves them out).
     """
-    rows = []
     part = prof.part(NetKey.of(cfg))
-    if not any(k[:2] == (prof.runtime, cfg) for k in measured):
-        # untimed: the first network a runtime builds at a setting measured apart from the others
-        # (allocations and the runtime's own first-use costs land in its timing despite the warm-up)
-        measure_network(next(iter(genotypes.values())), cfg, prof, CPU)
-    def probe() -> float:
-        return measure_network(REFERENCE_GENOTYPE, cfg, prof, CPU).stats.median / part.network_ms
-
-    after = probe()
+    probe_timer = network_timer(REFERENCE_GENOTYPE, cfg, prof)
+    todo = [name for name in genotypes if (prof.runtime, cfg, name) not in measured]
+    if todo:
+        timers = {name: network_timer(genotypes[name], cfg, prof) for name in todo}
+        # untimed: the first network a runtime times at a setting (allocations and the runtime's own
+        # first-use costs land in its timing despite the warm-up)
+        timers[todo[0]]()
+        times: dict[str, list[Measured]] = {name: [] for name in todo}
+        speeds: dict[str, list[float]] = {name: [] for name in todo}
+        order = list(todo)
+        after = probe_timer().stats.median / part.network_ms
+        for r in range(rounds):
+            if r:
+                random.Random(r).shuffle(order)
+            for name in order:
+                before = after  # the previous network's probe was taken right before this one
+                times[name].append(timers[name]())
+                after = probe_timer().stats.median / part.network_ms
+                speeds[name].append(max(before, after, key=lambda v: abs(v - 1)))
+        for name in todo:
+            runs = sorted(times[name], key=lambda m: m.stats.median)
+            measured[(prof.runtime, cfg, name)] = (runs[(len(runs) - 1) // 2], statistics.median(speeds[name]),
+                                                   [m.stats.median for m in times[name]])
+    rows = []
     for name, g in genotypes.items():
         pred = predict_latency(g, cfg, prof)
-        key = (prof.runtime, cfg, name)
-        before = after  # the previous network's probe was taken right before this one
-        if key not in measured:
-            measured[key] = measure_network(g, cfg, prof, CPU)
-        meas = measured[key]
-        after = probe()
-        speed = max(before, after, key=lambda v: abs(v - 1))
+        meas, speed, per_round = measured[(prof.runtime, cfg, name)]
         rows.append({"genotype": name, "predicted_ms": pred.total_ms, "measured_ms": meas.stats.median,
-                     "measured_stable": meas.stable, "machine_speed": speed,
+                     "measured_rounds_ms": per_round, "measured_stable": meas.stable, "machine_speed": speed,
                      "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
     steady = [r for r in rows if abs(r["machine_speed"] - 1) <= DRIFT]
     return {"setting": f"{cfg.setting} C={cfg.C}, {cfg.layers} cells, {cfg.input_hw[0]}x{cfg.input_hw[1]}",
             **_stats(rows), "steady": _stats(steady), "rows": rows,
-            "machine_speed": [min(r["machine_speed"] for r in rows), max(r["machine_speed"] for r in rows)]}
+            "machine_speed": [min(r["machine_speed"] for r in rows), max(r["machine_speed"] for r in rows)],
+            "round_to_round": round_agreement(rows)}
+
+
+def round_agreement(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How well the measurement agrees with itself: Kendall's tau and the median |difference|
+    between the first two rounds (the ceiling for any prediction's tau)."""
+    if len(rows) < 2 or len(rows[0]["measured_rounds_ms"]) < 2:
+        return None
+    a = [r["measured_rounds_ms"][0] for r in rows]
+    b = [r["measured_rounds_ms"][1] for r in rows]
+    diffs = [abs(y - x) / x for x, y in zip(a, b)]
+    return {"kendall_tau": kendall_tau(a, b), "median_abs_diff": statistics.median(diffs), "max_abs_diff": max(diffs)}
 
 
 def compare_profiles(quiet: Profile, busy: Profile) -> dict[str, Any]:
@@ -203,6 +242,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runtimes", default="ort,eager", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: physical cores, as export)")
+    ap.add_argument("--rounds", type=int, default=3, help="times each network is measured (median kept)")
     ap.add_argument("--busy", action="store_true", help="also profile with one core kept busy and compare")
     ap.add_argument("--quick", action="store_true", help="smoke test: small networks, short timings")
     ap.add_argument("--overhead", action="store_true", help="also time ORT's per-call cost (one-operator "
@@ -242,21 +282,23 @@ def main() -> None:
         prof, wall = profile_both(runtime, cfgs, threads, settings)
         if runtime == "ort":
             quiet_ort = prof
-        evals = [evaluate(prof, cfg, genotypes, measured) for cfg in cfgs]
+        evals = [evaluate(prof, cfg, genotypes, measured, args.rounds) for cfg in cfgs]
         result["runtimes"][runtime] = {"units": prof.units(), "profile_seconds": wall, "entries": len(prof.entries),
                                        "unstable": prof.unstable(), "settings": evals}
         print(f"\n{runtime}, {prof.units()}: profiled {len(prof.entries)} entries + {len(prof.parts)} fixed parts in "
               f"{wall:.1f} s ({len(prof.unstable())} unstable)")
         print("| setting | median abs error | max abs error | Kendall tau | n | machine speed | steady: median "
-              "/ max / tau / n |")
-        print("|---|---:|---:|---:|---:|---|---|")
+              "/ max / tau / n | round 1 vs 2: tau / median / max diff |")
+        print("|---|---:|---:|---:|---:|---|---|---|")
         for e in evals:
             s = e["steady"]
             steady = (f"{s['median_abs_error']:.1%} / {s['max_abs_error']:.1%} / {s['kendall_tau']:.3f} / {s['n']}"
                       if s["n"] >= 2 else f"- / - / - / {s['n']}")
+            rr = e["round_to_round"]
+            again = f"{rr['kendall_tau']:.3f} / {rr['median_abs_diff']:.1%} / {rr['max_abs_diff']:.1%}" if rr else "-"
             print(f"| {e['setting']} | {e['median_abs_error']:.1%} | {e['max_abs_error']:.1%} | "
                   f"{e['kendall_tau']:.3f} | {e['n']} | {e['machine_speed'][0]:.2f}-{e['machine_speed'][1]:.2f} | "
-                  f"{steady} |")
+                  f"{steady} | {again} |")
     if args.busy:
         if quiet_ort is None:
             quiet_ort, _ = profile_both("ort", cfgs, threads, settings)
