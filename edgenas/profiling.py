@@ -45,6 +45,7 @@ in the heap while measuring (:func:`edgenas.device.keep_cpu_memory`).
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import statistics
@@ -89,6 +90,7 @@ from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
 from edgenas.nets import SETTINGS, NetConfig, build_network, cell_shapes, default_config, edge_shape, plan_cells
 from edgenas.ops import DARTS_OPS, OPS, get_op
+from edgenas.threads import CpuReading, cpu_reading, others_busy, usable_cpus
 from edgenas.values import FieldRule, check_record, finite_fields
 
 PROFILE_FORMAT = "edgenas.profile"
@@ -458,6 +460,8 @@ class Profile:
     parts: list[FixedPart] = field(default_factory=list)
     load_before: float | None = None
     load_after: float | None = None
+    # cores other processes kept busy, on average, while the profile was measured (None: unknown)
+    others_busy_cores: float | None = None
 
     def lookup(self, op: str, C: int, H: int, W: int, stride: int) -> ProfileEntry | None:
         key = ShapeKey(op, C, H, W, stride)
@@ -503,6 +507,7 @@ class Profile:
             "mac_convention": MAC_CONVENTION,
             "load_average_before": self.load_before,
             "load_average_after": self.load_after,
+            "others_busy_cores": self.others_busy_cores,
             "settings": self.settings.to_dict(),
             "environment": self.environment,
             "entries": [e.to_dict() for e in self.entries],
@@ -533,6 +538,7 @@ def _no_check(_v: Any) -> str | None:
 _NUMBER = (int, float)
 #: In a field table's last column: the field exists in every version, so no file may leave it out.
 _REQUIRED = object()
+_ABSENT_IS_NONE = object()  # a field a file of any version may lack (added without a version bump)
 _OPTIONAL_NUMBER = (int, float, type(None))
 
 # A profile is checked by two kinds of table: the field tables say which fields exist, their JSON
@@ -551,6 +557,7 @@ PROFILE_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = 
     ("mode", str, _one_of(MODES), _REQUIRED),
     ("load_average_before", _OPTIONAL_NUMBER, _no_check, None),
     ("load_average_after", _OPTIONAL_NUMBER, _no_check, None),
+    ("others_busy_cores", _OPTIONAL_NUMBER, _no_check, _ABSENT_IS_NONE),
 )
 #: Fields of an operator entry (``latency_ms`` is checked by :data:`LATENCY_FIELDS`).
 ENTRY_FIELDS: tuple[tuple[str, Any, Callable[[Any], str | None], Any], ...] = (
@@ -594,6 +601,7 @@ PROFILE_RULES: tuple[FieldRule, ...] = (
     FieldRule("threads", minimum=0, integer=True, required=False),
     FieldRule("load_average_before", minimum=0, required=False),
     FieldRule("load_average_after", minimum=0, required=False),
+    FieldRule("others_busy_cores", minimum=0, required=False),
 )
 KEY_RULES: tuple[FieldRule, ...] = (
     FieldRule("C", minimum=1, integer=True),
@@ -663,6 +671,9 @@ def _fields(doc: Any, table: Sequence[tuple[str, Any, Callable[[Any], str | None
         raise EdgenasError(f"{where}: should be an object", fix)
     out: dict[str, Any] = {}
     for name, kind, check, old in table:
+        if name not in doc and old is _ABSENT_IS_NONE:
+            out[name] = None
+            continue
         if name not in doc and old is not _REQUIRED and (legacy or old is not None):
             out[name] = old
             continue
@@ -746,7 +757,8 @@ def load_profile(path: str | Path) -> Profile:
     return Profile(device=top["device"], batch=top["batch"], dtype=top["dtype"], mode=top["mode"],
                    environment=env, entries=entries, settings=_settings(doc, path), skipped=skipped,
                    runtime=top["runtime"], provider=top["provider"], threads=top["threads"], parts=parts,
-                   load_before=top["load_average_before"], load_after=top["load_average_after"])
+                   load_before=top["load_average_before"], load_after=top["load_average_after"],
+                   others_busy_cores=top["others_busy_cores"])
 
 
 # --- runtimes: how one module is timed -------------------------------------------------------------
@@ -1301,7 +1313,7 @@ def profile_ops(
     keys = [ShapeKey(op, s.C, s.H, s.W, s.stride) for s in shapes for op in ops]
     if device.type == "cpu" and settings.keep_cpu_memory:
         keep_cpu_memory()
-    load_before = load_average()
+    load_before, mark = load_average(), cpu_reading()
     with sample_clocks(device) as clocks:  # GPU clocks and throttle reasons while the entries are timed
         entries, skipped = measure_entries(keys, rt, batch=batch, mode=mode, on_entry=on_entry)
         if not entries:
@@ -1312,4 +1324,25 @@ def profile_ops(
     return Profile(device_slug(device), batch, dtype, mode, environment(device, clocks), entries, settings,
                    skipped,
                    runtime=runtime, provider=rt.provider, threads=rt.threads, parts=parts,
-                   load_before=load_before, load_after=load_average())
+                   load_before=load_before, load_after=load_average(),
+                   others_busy_cores=_others_since(mark))
+
+
+def _others_since(mark: CpuReading | None) -> float | None:
+    now = cpu_reading()
+    return None if mark is None or now is None else round(others_busy(mark, now), 3)
+
+
+def contention(profile: Profile) -> str | None:
+    """Why the profile's times may hold waiting for other processes, or None: when other processes
+    kept busy more of this machine's CPUs than the profile's threads left free."""
+    others, cpus = profile.others_busy_cores, usable_cpus()
+    if others is None or profile.runtime == "ort" and profile.provider != "cpu":
+        return None
+    threads = profile.threads or cpus
+    if threads + others <= cpus + 0.25:  # a quarter core: the shell, the progress bar, the kernel
+        return None
+    free = max(1, math.floor(cpus - others + 0.5))
+    return (f"other processes kept {others:.1f} of {cpus} CPUs busy while {threads} thread(s) were timed, so the "
+            f"times hold waiting for them; profile again on a quiet machine"
+            + (f", or with --threads {free}" if free < threads else ""))

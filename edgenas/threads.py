@@ -86,6 +86,22 @@ def own_cpu_seconds() -> float:
     return t.user + t.system
 
 
+#: One reading of the CPU accounting: (wall seconds, the machine's busy CPU-seconds, this process's).
+CpuReading = tuple[float, float, float]
+
+
+def cpu_reading() -> CpuReading | None:
+    """The CPU accounting now, or None where the machine's is unreadable."""
+    busy = machine_busy_seconds()
+    return None if busy is None else (time.monotonic(), busy, own_cpu_seconds())
+
+
+def others_busy(mark: CpuReading, now: CpuReading) -> float:
+    """Cores other processes kept busy between two readings (on this process's CPUs)."""
+    wall = now[0] - mark[0]
+    return max(0.0, ((now[1] - mark[1]) - (now[2] - mark[2])) / wall) if wall > 0 else 0.0
+
+
 def usable_cpu_ids() -> set[int] | None:
     """The ids of the CPUs this process may run on, or None where the OS has no affinity mask."""
     try:
@@ -122,7 +138,7 @@ class ThreadGovernor:
     set_threads: Callable[[int], None] = torch.set_num_threads
     threads: int = 0
     _pending: int = 0
-    _mark: tuple[float, float, float] | None = None
+    _mark: CpuReading | None = None
     _thread_seconds: float = 0.0
     _seconds: float = 0.0
 
@@ -136,15 +152,14 @@ class ThreadGovernor:
         """False where the machine's CPU accounting cannot be read (then the count stays fixed)."""
         return self._mark is not None
 
-    def _read(self) -> tuple[float, float, float] | None:
+    def _read(self) -> CpuReading | None:
         busy = self.busy()
         return None if busy is None else (self.clock(), busy, self.own())
 
-    def others(self, now: tuple[float, float, float]) -> float:
+    def others(self, now: CpuReading) -> float:
         """Cores other processes kept busy since the last mark."""
         assert self._mark is not None
-        wall = now[0] - self._mark[0]
-        return max(0.0, ((now[1] - self._mark[1]) - (now[2] - self._mark[2])) / wall)
+        return others_busy(self._mark, now)
 
     def decide(self, others: float) -> int:
         """The thread count for ``others`` busy cores: the free cores, rounded, within 1..max."""

@@ -243,3 +243,33 @@ def test_prune_reads_this_devices_deployment_profile_by_default(tiny_profile, tm
     r = run("prune", "--out", "space.json", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["profile"].endswith(f"{slug}-ort.json")
+
+
+def _neighbour(monkeypatch, cores: float) -> None:
+    """Make the machine's CPU accounting show ``cores`` busy in other processes from now on."""
+    import time
+
+    import edgenas.threads as threads
+
+    t0, own0 = time.monotonic(), threads.own_cpu_seconds()
+    monkeypatch.setattr(threads, "machine_busy_seconds",
+                        lambda: 1000.0 + (threads.own_cpu_seconds() - own0) + cores * (time.monotonic() - t0))
+
+
+def test_a_profile_taken_beside_a_busy_neighbour_records_it_and_says_so(tmp_path, monkeypatch):
+    _neighbour(monkeypatch, 1.0)
+    r = run("profile", *TINY, "--ops", "none,sep_conv_3x3", "--out", str(tmp_path / "p.json"), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "p.json").read_text())
+    assert doc["others_busy_cores"] == pytest.approx(1.0, abs=0.05)
+    out = json.loads(r.stdout)
+    assert out["contention"].startswith("other processes kept 1.0 of ")
+    assert "profile again on a quiet machine" in r.stderr
+
+
+def test_a_profile_on_a_quiet_machine_warns_of_nothing(tmp_path, monkeypatch):
+    _neighbour(monkeypatch, 0.0)
+    r = run("profile", *TINY, "--ops", "none,sep_conv_3x3", "--threads", "1", "--out", str(tmp_path / "p.json"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "p.json").read_text())["others_busy_cores"] == pytest.approx(0.0, abs=0.05)
+    assert "other processes" not in r.stdout

@@ -27,6 +27,7 @@ from edgenas.profiling import (
     ProfileEntry,
     ProfileSettings,
     ShapeKey,
+    contention,
     load_profile,
     make_runtime,
     profile_ops,
@@ -411,3 +412,28 @@ def test_a_calibration_scale_out_of_range_is_refused(ort_profile, tmp_path, scal
     with pytest.raises(EdgenasError, match=message) as e:
         load_profile(path)
     assert "calibration[0]" in str(e.value)
+
+
+def test_contention_names_the_threads_to_use_and_stays_quiet_without_a_reading(monkeypatch):
+    import edgenas.profiling as profiling
+
+    monkeypatch.setattr(profiling, "usable_cpus", lambda: 4)
+    assert contention(_fake(threads=2, others_busy_cores=None)) is None
+    assert contention(_fake(threads=2, others_busy_cores=1.0)) is None  # 2 threads fit in the 3 cores left
+    said = contention(_fake(threads=4, others_busy_cores=1.0))
+    assert "1.0 of 4 CPUs" in said and "--threads 3" in said
+    assert contention(_fake(provider="cuda", threads=0, others_busy_cores=3.0)) is None  # a GPU's time
+
+
+def test_a_profile_without_the_neighbours_reading_still_loads(tmp_path):
+    path = tmp_path / "p.json"
+    _fake(others_busy_cores=0.5).save(path)
+    assert load_profile(path).others_busy_cores == 0.5
+    doc = json.loads(path.read_text())
+    doc.pop("others_busy_cores")
+    path.write_text(json.dumps(doc))
+    assert load_profile(path).others_busy_cores is None
+    doc["others_busy_cores"] = -1
+    path.write_text(json.dumps(doc))
+    with pytest.raises(EdgenasError, match="others_busy_cores"):
+        load_profile(path)

@@ -192,3 +192,11 @@ def test_train_with_auto_threads_records_them_per_epoch(tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "t" / "history.jsonl").read_text().splitlines()]
     assert 1 <= records[-1]["threads"] <= before and torch.get_num_threads() == before
+
+
+def test_others_busy_is_the_machine_less_this_process_per_second():
+    from edgenas.threads import others_busy
+
+    assert others_busy((0.0, 10.0, 4.0), (2.0, 14.0, 6.0)) == pytest.approx(1.0)  # 4 busy s, 2 mine, over 2 s
+    assert others_busy((0.0, 10.0, 4.0), (2.0, 11.0, 6.0)) == 0.0  # accounting granularity: never negative
+    assert others_busy((1.0, 10.0, 4.0), (1.0, 12.0, 4.0)) == 0.0  # no time passed: nothing to say

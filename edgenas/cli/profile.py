@@ -100,6 +100,7 @@ def profile_cmd(
         DEFAULT_SHAPES,
         ProfileOptions,
         ProfileSettings,
+        contention,
         parse_shapes,
         profile_ops,
         setting_shapes,
@@ -151,8 +152,9 @@ def profile_cmd(
 
         plot_profile(prof, plot)
 
+    busy = contention(prof)
     if json_out:
-        emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2),
+        emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2), "contention": busy,
                    **prof.to_dict()})
     con.print(f"{prof.device}: {prof.units()}, {prof.threads} thread(s), {mode} mode", soft_wrap=True)
     table = Table(title="ms per call, by latency", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
@@ -176,6 +178,8 @@ def profile_cmd(
         con.print(f"[yellow]{len(unstable)} measurement(s) stayed unstable after {settings.attempts} attempts "
                   f"(spread > {settings.max_spread:.0%}): {', '.join(unstable[:6])}[/yellow]; profile again on a "
                   "quieter machine")
+    if busy:
+        con.print(f"[yellow]{busy}[/yellow]", soft_wrap=True)
     load = ", ".join("-" if v is None else f"{v:.2f}" for v in (prof.load_before, prof.load_after))
     con.print(f"{len(prof.entries)} entries, {len(prof.parts)} fixed part(s) in {wall:.1f} s (load average "
               f"before, after: {load}) -> {out}" + (f", plot {plot}" if plot else ""))
