@@ -398,7 +398,7 @@ class ProfileSettings:
     copies: int = 8           # ORT: operator copies per timed graph
     # ORT: sessions a graph is timed in. Where a session's arena and its input land in memory moves
     # its time by a few percent, and a deployed model gets one placement at random; the median of
-    # several is the typical one (benchmarks/latency_model.py --repeat prints what it changes)
+    # several is the typical one (benchmarks/latency_model.py --sessions 1 shows what they change)
     sessions: int = 3
     chain: bool = True        # ORT: stride-1 copies follow one another (else each has its own input)
     opset: int = 17
