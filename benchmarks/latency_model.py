@@ -243,8 +243,6 @@ def main() -> None:
     ap.add_argument("--runtimes", default="ort,eager", help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: physical cores, as export)")
     ap.add_argument("--rounds", type=int, default=3, help="times each network is measured (median kept)")
-    ap.add_argument("--sessions", type=int, default=ProfileSettings.sessions,
-                    help="ONNX Runtime sessions each graph is timed in (median kept; 1 to see what they change)")
     ap.add_argument("--busy", action="store_true", help="also profile with one core kept busy and compare")
     ap.add_argument("--quick", action="store_true", help="smoke test: small networks, short timings")
     ap.add_argument("--overhead", action="store_true", help="also time ORT's per-call cost (one-operator "
@@ -255,21 +253,21 @@ def main() -> None:
     if args.quick:
         cfgs = [setting_config("cifar10", channels=8, layers=5, input_hw=(16, 16)),
                 setting_config("imagenet-mobile", channels=8, layers=5, input_hw=(64, 64))]
-        settings = ProfileSettings(runs=5, max_warmup=5, min_seconds=0.02, max_seconds=0.2, sessions=args.sessions)
+        settings = ProfileSettings(runs=5, max_warmup=5, min_seconds=0.02, max_seconds=0.2)
         n_random = min(args.genotypes, 3)
     else:
         cfgs = [setting_config("cifar10", channels=16, layers=8, num_classes=10),
                 setting_config("imagenet-mobile")]
-        settings = ProfileSettings(sessions=args.sessions)
+        settings = ProfileSettings()
         n_random = args.genotypes
     rng = random.Random(args.seed)
     genotypes = {**{f"random{i}": random_genotype(rng) for i in range(n_random)}, **GENOTYPES}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{cpu_model()}, {os.cpu_count()} logical CPUs; torch {torch.__version__}; threads {threads}; batch 1; "
-          f"ORT sessions per graph {settings.sessions}; rounds {args.rounds}; "
+          f"rounds {args.rounds}; "
           f"{len(genotypes)} genotypes ({n_random} random + {len(GENOTYPES)} built-in); load average {load:.2f}")
     result: dict[str, Any] = {"cpu": cpu_model(), "threads": threads, "load_before": load, "rounds": args.rounds,
-                              "sessions": settings.sessions, "runtimes": {}}
+                              "runtimes": {}}
     if args.overhead:
         rows = call_overhead(threads, settings)
         result["overhead"] = rows

@@ -396,10 +396,6 @@ class ProfileSettings:
     max_spread: float = 0.3   # (p90 - p10) / median above this: measure again
     attempts: int = 3         # attempts before an entry is flagged unstable
     copies: int = 8           # ORT: operator copies per timed graph
-    # ORT: sessions a graph is timed in. Where a session's arena and its input land in memory moves
-    # its time by a few percent, and a deployed model gets one placement at random; the median of
-    # several is the typical one (benchmarks/latency_model.py --sessions 1 shows what they change)
-    sessions: int = 3
     chain: bool = True        # ORT: stride-1 copies follow one another (else each has its own input)
     opset: int = 17
     channels_last: bool = False
@@ -420,9 +416,9 @@ class ProfileSettings:
         if self.min_seconds < 0 or self.sample_ms < 0:
             raise EdgenasError(f"min_seconds ({self.min_seconds}) and sample_ms ({self.sample_ms}) must not be "
                                "negative", "pass e.g. --min-seconds 0.2")
-        if self.attempts < 1 or self.copies < 1 or self.sessions < 1 or self.max_spread <= 0:
-            raise EdgenasError(f"attempts ({self.attempts}), copies ({self.copies}) and sessions ({self.sessions}) "
-                               f"must be >= 1 and max_spread ({self.max_spread}) positive", "use the defaults")
+        if self.attempts < 1 or self.copies < 1 or self.max_spread <= 0:
+            raise EdgenasError(f"attempts ({self.attempts}) and copies ({self.copies}) must be >= 1 and "
+                               f"max_spread ({self.max_spread}) positive", "use the defaults")
 
     def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
@@ -941,28 +937,18 @@ class OrtRuntime:
         return lambda: session.run_with_iobinding(binding)  # returns once the stream is done
 
     def time_graph(self, proto: Any, shapes: Sequence[tuple[int, ...]]) -> Measured:
-        """ms per call of ``proto``: timed in ``settings.sessions`` sessions one after another, each
-        with its own input arrays, and the session of the median time kept (see
-        :class:`ProfileSettings`). Each session gets its share of ``min_seconds``; taking turns
-        call by call instead would time every call with another session's data in the cache."""
-        n = self.settings.sessions
-        share = replace(self.settings, min_seconds=self.settings.min_seconds / n, runs=-(-self.settings.runs // n))
-        results = []
-        for i in range(n):
-            rng = np.random.default_rng(self.settings.seed + i)
-            fn = self._run(self.session(proto), [rng.standard_normal(s, dtype=np.float32) for s in shapes])
-            fn()
+        session = self.session(proto)
+        rng = np.random.default_rng(self.settings.seed)
+        fn = self._run(session, [rng.standard_normal(s, dtype=np.float32) for s in shapes])
+        fn()
 
-            def run(k: int, fn: Callable[[], Any] = fn) -> float:
-                t0 = time.perf_counter()
-                for _ in range(k):
-                    fn()
-                return (time.perf_counter() - t0) * 1e3
+        def run(n: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            return (time.perf_counter() - t0) * 1e3
 
-            results.append(timed(run, share))
-        results.sort(key=lambda m: m.stats.median)
-        middle = results[(n - 1) // 2]
-        return Measured(middle.stats, max(m.attempts for m in results), all(m.stable for m in results))
+        return timed(run, self.settings)
 
     def time(self, module: nn.Module, shape: tuple[int, ...], batch: int) -> Measured:
         x = torch.zeros(batch, *shape)

@@ -231,34 +231,3 @@ def test_cuda_profile_uses_events_and_peak_memory():
     for e in p.entries:
         assert e.memory_kind == MEMORY_CUDA and e.memory_bytes > 0 and e.latency.median > 0
 
-
-def test_ort_times_a_graph_in_several_sessions_and_keeps_the_median_one(monkeypatch):
-    import edgenas.profiling as profiling
-    from edgenas.device import TimingStats
-
-    settings = profiling.ProfileSettings(sessions=3, runs=9, min_seconds=0.3)
-    rt = profiling.OrtRuntime("cpu", CPU, "fp32", 1, settings)
-    opened, shares = [], []
-    real_session = rt.session
-    monkeypatch.setattr(rt, "session", lambda proto: opened.append(1) or real_session(proto))
-    medians = iter([3.0, 1.0, 2.0])
-
-    def fake_timed(run, share):
-        shares.append(share)
-        run(2)  # the session really runs
-        m = next(medians)
-        return profiling.Measured(TimingStats(m, m, m, m, 0.0, 5), 1, m != 3.0)
-
-    monkeypatch.setattr(profiling, "timed", fake_timed)
-    got = rt.time_graph(profiling.empty_graph((1, 4, 8, 8), 1, settings.opset), [(1, 4, 8, 8)])
-    assert len(opened) == 3 and got.stats.median == 2.0
-    assert not got.stable  # one session never settled: the measurement is not called stable
-    # the three sessions share the minimum duration and sample count of one measurement
-    assert all(s.min_seconds == pytest.approx(0.1) and s.runs == 3 for s in shares)
-
-
-def test_zero_sessions_are_refused():
-    from edgenas.profiling import ProfileSettings
-
-    with pytest.raises(EdgenasError, match="sessions"):
-        ProfileSettings(sessions=0)

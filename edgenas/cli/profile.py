@@ -65,7 +65,8 @@ def profile_cmd(
     mode: Optional[str] = typer.Option(None, "--mode", help="forward (inference, eval mode) | train (eager: "
                                        "forward+backward, as search pays) [{ProfileOptions.mode}]"),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, help="Intra-op threads (default 0: physical "
-                                          "cores, as `edgenas export` uses)."),
+                                          "cores, as `edgenas export` uses); where other work shares the machine, "
+                                          "at most the cores it leaves free."),
     runs: Optional[int] = typer.Option(None, "--runs", help="Samples per attempt at least [{ProfileSettings.runs}]."),
     min_seconds: Optional[float] = typer.Option(None, "--min-seconds",
                                                 help="Each entry is timed at least this long "
