@@ -1319,6 +1319,14 @@ def _others_since(mark: CpuReading | None) -> float | None:
     return None if mark is None or now is None else round(others_busy(mark, now), 3)
 
 
+def clipped_scales(profile: Profile) -> list[str]:
+    """Calibrations that hit a bound of :data:`SCALE_RANGE`: a network cannot really spend half or
+    twice its operators' entries on them, so the entries and the networks were timed at different
+    machine speeds (or the calibration network is too short to tell); predictions there are off."""
+    return [f"{c.op} in {p.net}: scale {c.scale:g}" for p in profile.parts for c in p.calibration
+            if c.scale in SCALE_RANGE and c.ops_ms / c.network_ms >= MIN_CALIBRATION_SHARE]
+
+
 def contention(profile: Profile) -> str | None:
     """Why the profile's times may hold waiting for other processes, or None: when other processes
     kept busy more of this machine's CPUs than the profile's threads left free."""

@@ -437,3 +437,18 @@ def test_a_profile_without_the_neighbours_reading_still_loads(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(EdgenasError, match="others_busy_cores"):
         load_profile(path)
+
+
+def test_a_calibration_at_its_bound_is_named_and_one_inside_is_not():
+    from edgenas.device import TimingStats
+    from edgenas.profiling import Calibration, FixedPart, clipped_scales
+
+    cfg = setting_config("cifar10", channels=8, layers=5)
+    t = TimingStats(1.0, 1.0, 1.0, 1.0, 0.0, 5)
+    part = FixedPart(NetKey.of(cfg), t, 2.0, 1.0, True, 1,
+                     (Calibration("sep_conv_3x3", 4.0, 1.0, 2.0), Calibration("dil_conv_3x3", 3.0, 1.5, 1.3),
+                      Calibration("skip_connect", 2.0, 0.01, 1.0), Calibration("max_pool_3x3", 2.0, 0.5, 0.5)))
+    named = clipped_scales(_fake(parts=[part]))
+    assert len(named) == 2 and named[0].startswith("sep_conv_3x3 in cifar10 C=8") and "scale 2" in named[0]
+    assert "max_pool_3x3" in named[1] and "scale 0.5" in named[1]
+    assert clipped_scales(_fake()) == []

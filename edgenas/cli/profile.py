@@ -99,8 +99,10 @@ def profile_cmd(
     from edgenas.ops import DARTS_OPS, parse_ops
     from edgenas.profiling import (
         DEFAULT_SHAPES,
+        SCALE_RANGE,
         ProfileOptions,
         ProfileSettings,
+        clipped_scales,
         contention,
         parse_shapes,
         profile_ops,
@@ -153,9 +155,10 @@ def profile_cmd(
 
         plot_profile(prof, plot)
 
-    busy = contention(prof)
+    busy, clipped = contention(prof), clipped_scales(prof)
     if json_out:
         emit_json({"path": str(out), "plot": str(plot) if plot else None, "wall_s": round(wall, 2), "contention": busy,
+                   "clipped_scales": clipped,
                    **prof.to_dict()})
     con.print(f"{prof.device}: {prof.units()}, {prof.threads} thread(s), {mode} mode", soft_wrap=True)
     table = Table(title="ms per call, by latency", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
@@ -181,6 +184,11 @@ def profile_cmd(
                   "quieter machine")
     if busy:
         con.print(f"[yellow]{busy}[/yellow]", soft_wrap=True)
+    if clipped:
+        con.print(f"[yellow]{len(clipped)} calibration scale(s) at the bound {SCALE_RANGE}: {'; '.join(clipped)}; "
+                  "the entries and the networks were timed at different machine speeds, so predictions from "
+                  "this profile are off: profile again on a quiet machine (or with fewer --threads)[/yellow]",
+                  soft_wrap=True)
     load = ", ".join("-" if v is None else f"{v:.2f}" for v in (prof.load_before, prof.load_after))
     con.print(f"{len(prof.entries)} entries, {len(prof.parts)} fixed part(s) in {wall:.1f} s (load average "
               f"before, after: {load}) -> {out}" + (f", plot {plot}" if plot else ""))
