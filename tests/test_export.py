@@ -400,3 +400,19 @@ def test_int8_warning_only_beyond_one_point() -> None:
 
     assert int8_warning(90.0, 89.0) == ""
     assert "1.50 points below fp32" in int8_warning(90.0, 88.5)
+
+
+def test_a_run_folder_exports_its_last_epoch_not_the_test_selected_best(tiny_train_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_train_run, run)
+    best = torch.load(run / "best.pt", weights_only=False)
+    best["epoch"] = 99  # a best.pt that is not the last epoch
+    torch.save(best, run / "best.pt")
+    net = load_trained(run)
+    assert net.source["checkpoint"].endswith("last.pt") and net.source["epoch"] != 99
+    assert load_trained(run / "best.pt").source["epoch"] == 99  # named, it is what is exported
+    (run / "last.pt").unlink()
+    with pytest.raises(EdgenasError, match="holds no checkpoint"):
+        load_trained(run)

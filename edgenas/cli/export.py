@@ -21,7 +21,9 @@ from edgenas.errors import EdgenasError
 
 @command(app, "export")
 def export_cmd(
-    source: Path = typer.Argument(..., help="A train run folder (its best.pt, else last.pt) or a checkpoint file."),
+    source: Path = typer.Argument(..., help="A train run folder (its last.pt: the final "
+                          "epoch, as the DARTS protocol reports) or a checkpoint file (best.pt: the epoch of "
+                          "highest test accuracy, an optimistic choice)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on "
                                        "(default: the one the run trained on): cifar10[:DIR] | cifar100[:DIR] | "
                                        "imagefolder:PATH | fashion-mnist[:DIR] | synthetic[:N]"),

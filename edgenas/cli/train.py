@@ -94,8 +94,8 @@ def train_cmd(
     con.print(f"{summary['params'] / 1e6:.3f} M params (aux head excluded), data {summary['data']['spec']} "
               f"({summary['data']['train']} train / {summary['data']['test']} test images)")
     if best is not None:
-        con.print(f"best test top-1 {best['test_top1']:.2f}% (epoch {best['epoch'] + 1}), last "
-                  f"{last['test_top1']:.2f}% after {summary['epochs_done']}/{cfg.epochs} epochs")
+        con.print(f"test top-1 {last['test_top1']:.2f}% after {summary['epochs_done']}/{cfg.epochs} epochs (best "
+                  f"{best['test_top1']:.2f}% at epoch {best['epoch'] + 1}, chosen on the test set: optimistic)")
     if result.loop.stopped_early:
         con.print(f"stopped after --stop-after {stop_after}; continue with --resume --out {result.run}")
     con.print(f"run folder: {result.run}")

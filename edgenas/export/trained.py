@@ -39,7 +39,12 @@ class TrainedNet:
 
 
 def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") -> TrainedNet:
-    """The network of a train run folder (``best.pt``, else ``last.pt``) or of one checkpoint file."""
+    """The network of a train run folder or of one checkpoint file.
+
+    A folder gives its ``last.pt``: the final epoch's network, the one the DARTS evaluation protocol
+    reports. ``best.pt`` is the epoch of highest *test* accuracy, so its test accuracy is chosen on
+    the test set and optimistic; it is exported only when named.
+    """
     from edgenas.checkpoints import load_checkpoint
     from edgenas.run_folder import RunDir
 
@@ -49,9 +54,9 @@ def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") 
                            "pass a train run folder (edgenas train --out) or its best.pt/last.pt")
     if path.is_dir():
         run = RunDir(path)
-        ckpt_path = run.best if run.best.exists() else run.last
+        ckpt_path = run.last
         if not ckpt_path.exists():
-            raise EdgenasError(f"{path} holds no checkpoint (best.pt or last.pt)",
+            raise EdgenasError(f"{path} holds no checkpoint (last.pt)",
                                "pass a train run folder (edgenas train --out) or a .pt file")
         name = path.name
     else:
