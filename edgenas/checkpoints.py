@@ -14,6 +14,10 @@ from edgenas.files import atomic_path
 
 CHECKPOINT_FORMAT = "edgenas.checkpoint"
 CHECKPOINT_VERSION = 1
+#: Identity fields added after runs were already being written, with the value every run written
+#: before them had: such a run resumes when it is asked for that value (runs before ``--threads``
+#: ran at torch's default thread count, policy 0).
+IMPLIED_BEFORE_ADDED: dict[str, Any] = {"threads": 0}
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -55,7 +59,8 @@ def load_checkpoint(path: str | Path, *, expect: Mapping[str, Any] | None = None
                            f"{CHECKPOINT_VERSION}", "restart the run with this edgenas version")
     config = doc.get("config", {})
     for key, want in (expect or {}).items():
-        diff = first_difference(canonical(config.get(key, "<absent>")), canonical(want), key)
+        have = config.get(key, IMPLIED_BEFORE_ADDED.get(key, "<absent>"))
+        diff = first_difference(canonical(have), canonical(want), key)
         if diff is not None:
             where, have, asked = diff
             raise EdgenasError(

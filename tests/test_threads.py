@@ -200,3 +200,19 @@ def test_others_busy_is_the_machine_less_this_process_per_second():
     assert others_busy((0.0, 10.0, 4.0), (2.0, 14.0, 6.0)) == pytest.approx(1.0)  # 4 busy s, 2 mine, over 2 s
     assert others_busy((0.0, 10.0, 4.0), (2.0, 11.0, 6.0)) == 0.0  # accounting granularity: never negative
     assert others_busy((1.0, 10.0, 4.0), (1.0, 12.0, 4.0)) == 0.0  # no time passed: nothing to say
+
+
+def test_a_run_from_before_thread_policies_resumes_at_the_default(tmp_path):
+    from edgenas.checkpoints import save_checkpoint
+
+    out = tmp_path / "s"
+    first = CliRunner().invoke(app, [*TINY_SEARCH, "--epochs", "2", "--stop-after", "1", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    doc = torch.load(out / "last.pt", weights_only=True)
+    del doc["config"]["threads"]  # as written before --threads existed
+    save_checkpoint(out / "last.pt", {k: v for k, v in doc.items() if k not in ("format", "version")})
+    refused = CliRunner().invoke(app, [*TINY_SEARCH, "--epochs", "2", "--threads", "1", "--resume", "--out", str(out)])
+    assert_clean_failure(refused, "threads")
+    again = CliRunner().invoke(app, [*TINY_SEARCH, "--epochs", "2", "--resume", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert len((out / "history.jsonl").read_text().splitlines()) == 2
