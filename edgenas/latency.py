@@ -36,6 +36,7 @@ from edgenas.profiling import (
     NetKey,
     Profile,
     ShapeKey,
+    calibrate_more,
     make_runtime,
     measure_entries,
     measure_parts,
@@ -213,8 +214,7 @@ def profile_missing(
 
     A key is anything with op, C, H, W, stride (a :class:`ShapeKey`, a :class:`edgenas.nets.OpShape`).
     A network's fixed part measured here is calibrated for every operator the profile holds; an
-    operator first measured here for a fixed part that already exists keeps scale 1 (its entries
-    as timed) until the profile is taken again with ``edgenas profile --setting``.
+    operator first measured here is calibrated in the fixed parts of ``networks`` already there.
     """
     device = target_device(profile, device)
     slug = device_slug(device)
@@ -233,8 +233,13 @@ def profile_missing(
     all_entries = [*profile.entries, *entries]
     ops = tuple(dict.fromkeys(e.key.op for e in all_entries))
     parts = measure_parts(nets, rt, batch=profile.batch, entries=all_entries, ops=ops)
+    # operators first measured here are calibrated in the parts already there that were asked for
+    first_here = [op for op in dict.fromkeys(e.key.op for e in entries) if op not in profile.ops()]
+    wanted = {NetKey.of(cfg) for cfg in networks}
+    old_parts = [calibrate_more(p, rt, batch=profile.batch, entries=all_entries, ops=first_here)
+                 if p.net in wanted and first_here else p for p in profile.parts]
     return replace(profile, entries=all_entries, skipped=[*profile.skipped, *skipped],
-                   parts=[*profile.parts, *parts])
+                   parts=[*old_parts, *parts])
 
 
 def runtime_of(profile: Profile, device: torch.device) -> Any:

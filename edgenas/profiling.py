@@ -1241,6 +1241,30 @@ def calibration_networks(cfg: NetConfig, runtime: Runtime, *, batch: int, known:
     return rows
 
 
+def op_scale(network_ms: float, ops_ms: float, fixed_ms: float) -> float:
+    """An operator's scale from its calibration network (see :func:`fit_part`): what the network
+    spends on the operator's entries per unit of entry, within :data:`SCALE_RANGE`; 1 where the
+    entries are too small a share of the network to tell."""
+    share = ops_ms / network_ms if network_ms > 0 else 0.0
+    ratio = (network_ms - fixed_ms) / ops_ms if share >= MIN_CALIBRATION_SHARE else 1.0
+    return round(min(max(ratio, SCALE_RANGE[0]), SCALE_RANGE[1]), 4)
+
+
+def calibrate_more(part: FixedPart, runtime: Runtime, *, batch: int, entries: Sequence[ProfileEntry],
+                   ops: Sequence[str]) -> FixedPart:
+    """``part`` with the operators of ``ops`` it has no calibration for calibrated against its
+    fixed part as it stands (which they do not change: they are not the reference's stand-ins)."""
+    have = {c.op for c in part.calibration}
+    new = [op for op in ops if op not in have and op not in {k.op for k in reference_keys(part.net.config())}]
+    if not new:
+        return part
+    known = {e.key: e.latency.median for e in entries}
+    timed = calibration_networks(part.net.config(), runtime, batch=batch, known=known, ops=new)
+    more = tuple(Calibration(op, network_ms, ops_ms, op_scale(network_ms, ops_ms, part.ms))
+                 for op, network_ms, ops_ms in timed)
+    return replace(part, calibration=part.calibration + more)
+
+
 def fit_part(reference_ms: float, reference_ops: Mapping[str, float],
              timed: Sequence[tuple[str, float, float]]) -> tuple[float, tuple[Calibration, ...]]:
     """The fixed part and each operator's scale from the reference network and the calibration
@@ -1260,11 +1284,7 @@ def fit_part(reference_ms: float, reference_ops: Mapping[str, float],
     fixed = reference_ms
     for _ in range(5):
         fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
-        scales = {}
-        for op, network_ms, ops_ms in timed:
-            share = ops_ms / network_ms if network_ms > 0 else 0.0
-            ratio = (network_ms - fixed) / ops_ms if share >= MIN_CALIBRATION_SHARE else 1.0
-            scales[op] = round(min(max(ratio, SCALE_RANGE[0]), SCALE_RANGE[1]), 4)
+        scales = {op: op_scale(network_ms, ops_ms, fixed) for op, network_ms, ops_ms in timed}
     fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
     return fixed, tuple(Calibration(op, network_ms, ops_ms, scales[op]) for op, network_ms, ops_ms in timed)
 

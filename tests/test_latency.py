@@ -452,3 +452,21 @@ def test_a_calibration_at_its_bound_is_named_and_one_inside_is_not():
     assert len(named) == 2 and named[0].startswith("sep_conv_3x3 in cifar10 C=8") and "scale 2" in named[0]
     assert "max_pool_3x3" in named[1] and "scale 0.5" in named[1]
     assert clipped_scales(_fake()) == []
+
+
+def test_an_operator_first_measured_by_profile_missing_is_calibrated_in_the_existing_part():
+    base = profile_ops(CPU, ["max_pool_3x3", "skip_connect", "sep_conv_3x3"], setting_shapes(TINY_CFG), batch=1,
+                       threads=1, networks=[TINY_CFG], settings=QUICK)
+    assert {c.op for c in base.part(NetKey.of(TINY_CFG)).calibration} == {"max_pool_3x3", "skip_connect",
+                                                                         "sep_conv_3x3"}
+    g = Genotype(normal=(("dil_conv_3x3", 0), ("skip_connect", 1)) * 4, normal_concat=(2, 3, 4, 5),
+                 reduce=(("max_pool_3x3", 0), ("max_pool_3x3", 1)) * 4, reduce_concat=(2, 3, 4, 5))
+    more = profile_missing(base, cell_shapes(g, TINY_CFG), CPU, networks=[TINY_CFG])
+    part = more.part(NetKey.of(TINY_CFG))
+    before = base.part(NetKey.of(TINY_CFG))
+    dil = [c for c in part.calibration if c.op == "dil_conv_3x3"]
+    assert len(dil) == 1 and 0.5 <= dil[0].scale <= 2.0 and dil[0].network_ms > 0
+    # the part itself and the operators calibrated before are untouched
+    assert part.ms == before.ms and part.calibration[:3] == before.calibration
+    pred = predict_latency(g, TINY_CFG, more)
+    assert dict(pred.scales)["dil_conv_3x3"] == dil[0].scale and pred.complete
