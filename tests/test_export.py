@@ -319,7 +319,7 @@ def test_budget_line_says_whether_the_exported_model_meets_it(tiny_train_run: Pa
     (dict(device="cpu-elsewhere"), {}, ["device cpu-elsewhere"]),
     (dict(batch=4), {}, ["batch 4"]),
     (dict(provider="cuda"), dict(providers="cpu"), ["cuda", "--providers"]),
-    (dict(threads=999), {}, ["999 onnxruntime threads", "--threads 999"]),
+    (dict(threads=999), dict(threads=1), ["999 onnxruntime threads", "--threads 999"]),
     (dict(runtime="eager", provider=None, mode="train"), {}, ["train passes"]),
 ])
 def test_a_profile_of_another_target_is_refused_before_any_work(tiny_train_run: Path, tmp_path: Path, over, settings,
@@ -416,3 +416,14 @@ def test_a_run_folder_exports_its_last_epoch_not_the_test_selected_best(tiny_tra
     (run / "last.pt").unlink()
     with pytest.raises(EdgenasError, match="holds no checkpoint"):
         load_trained(run)
+
+
+def test_an_export_without_threads_times_at_the_cpu_profiles(tiny_train_run: Path, tmp_path: Path) -> None:
+    net = load_trained(tiny_train_run)
+    path = _hand_profile(tmp_path, net, threads=1)
+    said: list[str] = []
+    doc = run_export(tiny_train_run, data=None, out=tmp_path / "o", profile=path, device=torch.device("cpu"),
+                     settings=ExportSettings(providers="cpu", **FAST), log=said.append).to_dict()
+    cpu = [t for t in doc["timing"] if t["runtime"] == "onnxruntime"]
+    assert cpu and all(t["options"]["intra_op_num_threads"] == 1 for t in cpu)
+    assert doc["prediction"]["threads"] == 1 and "the profile's 1 thread(s)" in " ".join(said)

@@ -52,7 +52,8 @@ def export_cmd(
                                               help="Verify on a class-balanced N test images (default: all)."),
     runs: int = typer.Option(50, "--runs", min=1, help="Timed runs per configuration (after warm-up)."),
     warmup: int = typer.Option(30, "--warmup", min=1, help="Warm-up runs at most (fewer once times settle)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0: physical cores)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="ONNX Runtime intra-op threads (0: those of a "
+                                "CPU --profile, else physical cores)."),
     device: str = DeviceOpt,
     json_out: bool = JsonOpt,
     quiet: bool = QuietOpt,

@@ -266,6 +266,10 @@ def run_export(source: str | Path, *, data: str | None, out: str | Path | None, 
     if settings.latency_budget_ms is not None and prof is None:
         raise EdgenasError("a latency budget is ms on a profile's runtime, provider and batch, but no --profile "
                            "was given", "add --profile profiles/<device>.json")
+    if prof is not None and not settings.threads and prof.runtime == "ort" and prof.provider == "cpu" and prof.threads:
+        # a prediction holds at the thread count it was profiled with: time the export at it too
+        settings = replace(settings, threads=prof.threads)
+        log(f"timing onnxruntime with the profile's {prof.threads} thread(s)")
     if prof is not None:
         check_profile_target(prof, settings, device, f"the profile {profile}")
     net = load_trained(source)

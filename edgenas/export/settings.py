@@ -83,7 +83,7 @@ class ExportSettings:
     random_batches: int = 8
     eval_batch: int = 100            # PyTorch batch over the test set
     test_subset: int | None = None   # class-balanced test images (None: the whole test set)
-    threads: int = 0                 # ORT intra-op threads; 0 = physical cores
+    threads: int = 0                 # ORT intra-op threads; 0 = a CPU --profile's, else physical cores
     runs: int = 50                   # timed runs per configuration
     max_warmup: int = 30             # warm-up runs at most (fewer once times settle)
     max_seconds: float = 10.0        # cap on the timed phase per configuration
