@@ -4,10 +4,10 @@ For each runtime, one profile is taken of both settings (operators at every shap
 networks can have, plus each setting's fixed part) and timed; then every genotype (N sampled at
 random from the DARTS space, plus the built-in ones) is built at both settings, predicted from the
 profile (:func:`edgenas.latency.predict_latency`) and measured whole on the same runtime, provider,
-batch and threads (:func:`edgenas.latency.measure_network`). Reported per runtime and setting: the
-median and maximum of |predicted - measured| / measured and Kendall's tau-b between predicted and
-measured (targets for ONNX Runtime: median <= 5 %, max <= 10 %, tau >= 0.9), and the profiling time
-(target <= 60 s for both settings).
+batch and threads as :func:`edgenas.latency.measure_network` does, ``--rounds`` times (median
+kept). Reported per runtime and setting: the median and maximum of |predicted - measured| /
+measured and Kendall's tau-b between predicted and measured (targets for ONNX Runtime: median
+<= 5 %, max <= 10 %, tau >= 0.9), and the profiling time (target <= 60 s for both settings).
 
 ``--runtimes ort,ort-independent,eager`` also profiles ORT with every operator copy on its own input
 instead of stride-1 copies in a chain, and predicts the same measured networks from it.
@@ -17,7 +17,7 @@ stopped by this script) and compares the two profiles entry by entry: the 90th p
 |busy - quiet| / quiet over the entries (target <= 10 %) and Kendall's tau between them (>= 0.9).
 
     PYTHONPATH=. .venv/bin/python benchmarks/latency_model.py [--genotypes 20] [--runtimes ort,eager]
-        [--threads 0] [--busy] [--overhead] [--quick] [--json out.json]
+        [--threads 0] [--rounds 3] [--busy] [--overhead] [--quick] [--json out.json]
 
 ``--quick`` is a smoke test (small networks, 3 random genotypes, short timings); its figures mean
 nothing. Settings: cifar10 C=16, 8 cells, 32x32, 10 classes; imagenet-mobile C=48, 14 cells,
@@ -146,41 +146,43 @@ def evaluate(prof: Profile, cfg: Any, genotypes: dict[str, Genotype], measured: 
     Every network is timed in ``rounds`` rounds, each visiting the networks in another order, and
     its median over the rounds kept: a moment when the machine ran slower lands in one round of a
     network, not in all. Right after every network the setting's reference network is timed again:
-    its time over the profile's (``machine_speed``, the larger deviation of the two around a network,
-    median over the rounds) says how much the machine itself drifted. Rows measured while it
-    drifted by more than :data:`DRIFT` are reported apart (``steady`` leaves them out).
+    its time over this profile's (``machine_speed``: the larger deviation of the two around a
+    network, median over the rounds) says how much the machine itself drifted. Rows measured while
+    it drifted by more than :data:`DRIFT` are reported apart (``steady`` leaves them out).
     """
     part = prof.part(NetKey.of(cfg))
-    probe_timer = network_timer(REFERENCE_GENOTYPE, cfg, prof)
     todo = [name for name in genotypes if (prof.runtime, cfg, name) not in measured]
     if todo:
+        probe_timer = network_timer(REFERENCE_GENOTYPE, cfg, prof)
         timers = {name: network_timer(genotypes[name], cfg, prof) for name in todo}
         # untimed: the first network a runtime times at a setting (allocations and the runtime's own
         # first-use costs land in its timing despite the warm-up)
         timers[todo[0]]()
         times: dict[str, list[Measured]] = {name: [] for name in todo}
-        speeds: dict[str, list[float]] = {name: [] for name in todo}
+        probes: dict[str, list[tuple[float, float]]] = {name: [] for name in todo}
         order = list(todo)
-        after = probe_timer().stats.median / part.network_ms
+        after = probe_timer().stats.median
         for r in range(rounds):
             if r:
                 random.Random(r).shuffle(order)
             for name in order:
                 before = after  # the previous network's probe was taken right before this one
                 times[name].append(timers[name]())
-                after = probe_timer().stats.median / part.network_ms
-                speeds[name].append(max(before, after, key=lambda v: abs(v - 1)))
+                after = probe_timer().stats.median
+                probes[name].append((before, after))
         for name in todo:
-            runs = sorted(times[name], key=lambda m: m.stats.median)
-            measured[(prof.runtime, cfg, name)] = (runs[(len(runs) - 1) // 2], statistics.median(speeds[name]),
-                                                   [m.stats.median for m in times[name]])
+            measured[(prof.runtime, cfg, name)] = (times[name], probes[name])
     rows = []
     for name, g in genotypes.items():
         pred = predict_latency(g, cfg, prof)
-        meas, speed, per_round = measured[(prof.runtime, cfg, name)]
+        runs, around = measured[(prof.runtime, cfg, name)]
+        meas = sorted(runs, key=lambda m: m.stats.median)[(len(runs) - 1) // 2]
+        # the probes in this profile's terms (another variant of a runtime shares the measurements)
+        speed = statistics.median(max(b / part.network_ms, a / part.network_ms, key=lambda v: abs(v - 1))
+                                  for b, a in around)
         rows.append({"genotype": name, "predicted_ms": pred.total_ms, "measured_ms": meas.stats.median,
-                     "measured_rounds_ms": per_round, "measured_stable": meas.stable, "machine_speed": speed,
-                     "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
+                     "measured_rounds_ms": [m.stats.median for m in runs], "measured_stable": meas.stable,
+                     "machine_speed": speed, "error": (pred.total_ms - meas.stats.median) / meas.stats.median})
     steady = [r for r in rows if abs(r["machine_speed"] - 1) <= DRIFT]
     return {"setting": f"{cfg.setting} C={cfg.C}, {cfg.layers} cells, {cfg.input_hw[0]}x{cfg.input_hw[1]}",
             **_stats(rows), "steady": _stats(steady), "rows": rows,
@@ -249,6 +251,8 @@ def main() -> None:
                     "session vs copies in one graph vs the empty graph)")
     ap.add_argument("--json", default=None, help="write every figure and row here")
     args = ap.parse_args()
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be 1 or more, got {args.rounds}")
     threads = args.threads or physical_cores()
     if args.quick:
         cfgs = [setting_config("cifar10", channels=8, layers=5, input_hw=(16, 16)),

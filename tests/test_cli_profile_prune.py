@@ -257,13 +257,17 @@ def _neighbour(monkeypatch, cores: float) -> None:
 
 
 def test_a_profile_taken_beside_a_busy_neighbour_records_it_and_says_so(tmp_path, monkeypatch):
+    import edgenas.profiling as profiling
+
+    monkeypatch.setattr(profiling, "usable_cpus", lambda: 2)  # as on a 2-CPU machine, whatever this one has
     _neighbour(monkeypatch, 1.0)
-    r = run("profile", *TINY, "--ops", "none,sep_conv_3x3", "--out", str(tmp_path / "p.json"), "--json")
+    r = run("profile", *TINY, "--ops", "none,sep_conv_3x3", "--threads", "2", "--out", str(tmp_path / "p.json"),
+            "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "p.json").read_text())
     assert doc["others_busy_cores"] == pytest.approx(1.0, abs=0.05)
     out = json.loads(r.stdout)
-    assert out["contention"].startswith("other processes kept 1.0 of ")
+    assert out["contention"].startswith("other processes kept 1.0 of 2 CPUs") and "--threads 1" in out["contention"]
     assert "profile again on a quiet machine" in r.stderr
 
 

@@ -414,6 +414,10 @@ def test_a_run_folder_exports_its_last_epoch_not_the_test_selected_best(tiny_tra
     assert net.source["checkpoint"].endswith("last.pt") and net.source["epoch"] != 99
     assert load_trained(run / "best.pt").source["epoch"] == 99  # named, it is what is exported
     (run / "last.pt").unlink()
+    with pytest.raises(EdgenasError, match="has a best.pt but no last.pt") as e:
+        load_trained(run)
+    assert "best.pt" in e.value.hint and "--resume" in e.value.hint
+    (run / "best.pt").unlink()
     with pytest.raises(EdgenasError, match="holds no checkpoint"):
         load_trained(run)
 

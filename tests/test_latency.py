@@ -320,6 +320,37 @@ def test_benchmark_helpers():
             assert all(cell[2 * n][1] != cell[2 * n + 1][1] for n in range(4))
 
 
+def test_the_benchmark_keeps_the_median_round_and_reads_the_probe_in_each_profiles_terms(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgenas.profiling import FixedPart, Measured
+
+    bench = _benchmark_module()
+
+    def measured(v: float) -> Measured:
+        return Measured(TimingStats(v, v, v, v, 0.0, 5), 1, True)
+
+    other = Genotype(normal=GENO.reduce, normal_concat=(2, 3, 4, 5), reduce=GENO.normal, reduce_concat=(2, 3, 4, 5))
+    values = {REFERENCE_GENOTYPE: iter([2.4] * 20), GENO: iter([100.0, 5.0, 1.0, 3.0]), other: iter([2.0, 4.0, 6.0])}
+    monkeypatch.setattr(bench, "network_timer", lambda g, cfg, prof: lambda: measured(next(values[g])))
+    monkeypatch.setattr(bench, "predict_latency", lambda g, cfg, prof: SimpleNamespace(total_ms=3.3))
+
+    def profile(network_ms: float) -> Profile:
+        t = TimingStats(1.0, 1.0, 1.0, 1.0, 0.0, 5)
+        return _fake(parts=[FixedPart(NetKey.of(TINY_CFG), t, network_ms, 1.0, True, 1, ())])
+
+    cache: dict = {}
+    out = bench.evaluate(profile(2.0), TINY_CFG, {"a": GENO, "b": other}, cache, rounds=3)
+    a, b = out["rows"]
+    assert a["measured_rounds_ms"] == [5.0, 1.0, 3.0] and a["measured_ms"] == 3.0  # the first call untimed
+    assert b["measured_ms"] == 4.0 and a["error"] == pytest.approx(0.1)
+    assert a["machine_speed"] == pytest.approx(1.2) and out["steady"]["n"] == 0  # 20 % off: not steady
+    assert out["round_to_round"]["kendall_tau"] == pytest.approx(-1.0)  # round 1: a > b, round 2: a < b
+    # another variant of the runtime reuses the measurements, its probe read against its own profile
+    again = bench.evaluate(profile(2.4), TINY_CFG, {"a": GENO, "b": other}, cache, rounds=3)
+    assert again["rows"][0]["machine_speed"] == pytest.approx(1.0) and again["steady"]["n"] == 2
+
+
 def test_an_ort_entry_of_zero_loads_and_an_eager_one_does_not(tmp_path):
     """An ONNX Runtime entry is an increment over a graph of copies, clamped at zero: a cheap
     operator may measure exactly 0 there. An eager operator never takes zero time."""
@@ -422,7 +453,10 @@ def test_contention_names_the_threads_to_use_and_stays_quiet_without_a_reading(m
     assert contention(_fake(threads=2, others_busy_cores=1.0)) is None  # 2 threads fit in the 3 cores left
     said = contention(_fake(threads=4, others_busy_cores=1.0))
     assert "1.0 of 4 CPUs" in said and "--threads 3" in said
-    assert contention(_fake(provider="cuda", threads=0, others_busy_cores=3.0)) is None  # a GPU's time
+    assert contention(_fake(provider="cuda", device="cuda-h100", threads=0, others_busy_cores=3.0)) is None
+    assert contention(_fake(runtime="eager", provider=None, device="cuda-h100", threads=0,
+                            others_busy_cores=3.0)) is None  # a GPU's times are the GPU's
+    assert contention(_fake(threads=8, others_busy_cores=0.0)) is None  # no neighbour to blame
 
 
 def test_a_profile_without_the_neighbours_reading_still_loads(tmp_path):

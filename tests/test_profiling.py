@@ -230,4 +230,3 @@ def test_cuda_profile_uses_events_and_peak_memory():
     assert p.device.startswith("cuda") and p.environment["nvml"]
     for e in p.entries:
         assert e.memory_kind == MEMORY_CUDA and e.memory_bytes > 0 and e.latency.median > 0
-

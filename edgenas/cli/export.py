@@ -22,8 +22,8 @@ from edgenas.errors import EdgenasError
 @command(app, "export")
 def export_cmd(
     source: Path = typer.Argument(..., help="A train run folder (its last.pt: the final "
-                          "epoch, as the DARTS protocol reports) or a checkpoint file (best.pt: the epoch of "
-                          "highest test accuracy, an optimistic choice)."),
+                          "epoch, as the DARTS protocol reports) or one checkpoint file (e.g. the folder's "
+                          "best.pt: the epoch of highest test accuracy, an optimistic choice)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset to verify on "
                                        "(default: the one the run trained on): cifar10[:DIR] | cifar100[:DIR] | "
                                        "imagefolder:PATH | fashion-mnist[:DIR] | synthetic[:N]"),

@@ -55,6 +55,10 @@ def load_trained(path: str | Path, *, map_location: torch.device | str = "cpu") 
     if path.is_dir():
         run = RunDir(path)
         ckpt_path = run.last
+        if not ckpt_path.exists() and run.best.exists():
+            raise EdgenasError(f"{path} has a best.pt but no last.pt (a kill during the first epoch's save?)",
+                               f"resume the training (edgenas train --resume --out {path}), or export {run.best} "
+                               "by name")
         if not ckpt_path.exists():
             raise EdgenasError(f"{path} holds no checkpoint (last.pt)",
                                "pass a train run folder (edgenas train --out) or a .pt file")
