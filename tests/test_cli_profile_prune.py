@@ -277,3 +277,13 @@ def test_a_profile_on_a_quiet_machine_warns_of_nothing(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "p.json").read_text())["others_busy_cores"] == pytest.approx(0.0, abs=0.05)
     assert "other processes" not in r.stdout
+
+
+def test_a_profile_with_a_calibration_at_its_bound_says_to_profile_again(tmp_path, monkeypatch):
+    import edgenas.profiling as profiling
+
+    monkeypatch.setattr(profiling, "clipped_scales", lambda p: ["sep_conv_3x3 in cifar10 C=4: scale 2"])
+    r = run("profile", *TINY, "--ops", "none,sep_conv_3x3", "--out", str(tmp_path / "p.json"), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["clipped_scales"] == ["sep_conv_3x3 in cifar10 C=4: scale 2"]
+    assert "1 calibration scale(s) at the bound" in r.stderr and "profile again" in r.stderr
