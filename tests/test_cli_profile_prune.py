@@ -77,7 +77,10 @@ def test_prune_end_to_end_on_a_real_profile(tiny_profile, tmp_path):
     pools = {"max_pool_3x3", "avg_pool_3x3"}
     assert len(pools & set(space["ops"])) == 1 and len(pools & set(dropped)) == 1
     slow_pool = (pools & set(dropped)).pop()
-    assert dropped[slow_pool]["numbers"]["latency_ms"] >= dropped[slow_pool]["numbers"]["than_latency_ms"]
+    # slower, or the paper's max_pool_3x3 kept over it because it is faster only within the measured spread
+    n = dropped[slow_pool]["numbers"]
+    assert n["latency_ms"] >= n["than_latency_ms"] or (
+        slow_pool == "avg_pool_3x3" and n["than_latency_ms"] - n["latency_ms"] <= n["margin_ms"])
     assert "sep_conv_3x3" in space["ops"]
     # the printed reasoning names each dropped op and its rule
     for op, x in dropped.items():
