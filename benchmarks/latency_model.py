@@ -44,7 +44,7 @@ from edgenas.device import cpu_model
 from edgenas.export.runtime import physical_cores
 from edgenas.genotypes import GENOTYPES, Genotype
 from edgenas.latency import predict_latency, runtime_of
-from edgenas.nets import build_network, setting_config
+from edgenas.nets import inference_network, setting_config
 from edgenas.ops import DARTS_OPS
 from edgenas.profiling import (
     REFERENCE_GENOTYPE,
@@ -132,7 +132,7 @@ def network_timer(g: Genotype, cfg: Any, prof: Profile) -> Callable[[], Measured
     """Times ``g``'s evaluation network as :func:`edgenas.latency.measure_network` does, built (and
     exported) once so that it can be timed again in every round."""
     rt = runtime_of(prof, CPU)
-    net = build_network(g, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+    net = inference_network(g, cfg)
     if isinstance(rt, OrtRuntime):
         proto = onnx_graph(net, [torch.zeros(prof.batch, *cfg.input_shape)], rt.settings.opset)
         return lambda: rt.time_graph(proto, [(prof.batch, *cfg.input_shape)])

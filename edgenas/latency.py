@@ -29,7 +29,7 @@ from edgenas.costs import OpInstance
 from edgenas.device import device_slug
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
-from edgenas.nets import NetConfig, build_network, cell_shapes
+from edgenas.nets import NetConfig, cell_shapes, inference_network
 from edgenas.profiling import (
     RUNTIME_NAMES,
     Measured,
@@ -285,7 +285,7 @@ def measure_network(genotype: Genotype, cfg: NetConfig, profile: Profile, device
                            "for inference", "use a forward-mode profile")
     check_same_target(profile, runtime=profile.runtime, provider=profile.provider, batch=profile.batch,
                       device=device_slug(device))
-    net = build_network(genotype, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+    net = inference_network(genotype, cfg)
     return runtime_of(profile, device).time(net, cfg.input_shape, profile.batch)
 
 

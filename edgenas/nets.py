@@ -344,3 +344,8 @@ def build_network(genotype: Genotype, cfg: NetConfig, *, device: Any = None,
     """Validate ``genotype`` and build its evaluation network for ``cfg`` (affine BN everywhere)."""
     genotype.validate()
     return EvalNetwork(genotype, cfg, device=device, dtype=dtype)
+
+
+def inference_network(genotype: Genotype, cfg: NetConfig) -> EvalNetwork:
+    """``genotype``'s network as it is deployed and timed: eval mode, no auxiliary head, no drop-path."""
+    return build_network(genotype, replace(cfg, auxiliary=False, drop_path=0.0)).eval()

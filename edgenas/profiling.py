@@ -88,7 +88,15 @@ from edgenas.export.runtime import (
 from edgenas.export.settings import PROVIDERS
 from edgenas.files import read_json, require, write_json
 from edgenas.genotypes import Genotype
-from edgenas.nets import SETTINGS, NetConfig, build_network, cell_shapes, default_config, edge_shape, plan_cells
+from edgenas.nets import (
+    SETTINGS,
+    NetConfig,
+    cell_shapes,
+    default_config,
+    edge_shape,
+    inference_network,
+    plan_cells,
+)
 from edgenas.ops import DARTS_OPS, OPS, get_op
 from edgenas.threads import CpuReading, cpu_reading, others_busy, usable_cpus
 from edgenas.values import FieldRule, check_record, finite_fields
@@ -1197,7 +1205,7 @@ def measure_parts(
         ref_ops: dict[str, float] = {}
         for k in keys:
             ref_ops[k.op] = ref_ops.get(k.op, 0.0) + known[k]
-        net = build_network(REFERENCE_GENOTYPE, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+        net = inference_network(REFERENCE_GENOTYPE, cfg)
         m = runtime.time(net, cfg.input_shape, batch)
         s = m.stats
         timed = calibration_networks(cfg, runtime, batch=batch, known=known, ops=ops)
@@ -1237,7 +1245,7 @@ def calibration_networks(cfg: NetConfig, runtime: Runtime, *, batch: int, known:
         if skipped:
             continue
         known.update((e.key, e.latency.median) for e in got)
-        net = build_network(g, replace(cfg, auxiliary=False, drop_path=0.0)).eval()
+        net = inference_network(g, cfg)
         rows.append((op, runtime.time(net, cfg.input_shape, batch).stats.median, sum(known[k] for k in keys)))
     return rows
 
