@@ -234,7 +234,8 @@ def profile_missing(
     ops = tuple(dict.fromkeys(e.key.op for e in all_entries))
     parts = measure_parts(nets, rt, batch=profile.batch, entries=all_entries, ops=ops)
     # operators first measured here are calibrated in the parts already there that were asked for
-    first_here = [op for op in dict.fromkeys(e.key.op for e in entries) if op not in profile.ops()]
+    had = set(profile.ops())
+    first_here = [op for op in dict.fromkeys(e.key.op for e in entries) if op not in had]
     wanted = {NetKey.of(cfg) for cfg in networks}
     old_parts = [calibrate_more(p, rt, batch=profile.batch, entries=all_entries, ops=first_here)
                  if p.net in wanted and first_here else p for p in profile.parts]

@@ -45,7 +45,6 @@ in the heap while measuring (:func:`edgenas.device.keep_cpu_memory`).
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 import statistics
@@ -98,7 +97,7 @@ from edgenas.nets import (
     plan_cells,
 )
 from edgenas.ops import DARTS_OPS, OPS, get_op
-from edgenas.threads import CpuReading, cpu_reading, others_busy, usable_cpus
+from edgenas.threads import CpuReading, cpu_reading, free_cores, others_busy, usable_cpus
 from edgenas.values import FieldRule, check_record, finite_fields
 
 PROFILE_FORMAT = "edgenas.profile"
@@ -1263,12 +1262,13 @@ def calibrate_more(part: FixedPart, runtime: Runtime, *, batch: int, entries: Se
                    ops: Sequence[str]) -> FixedPart:
     """``part`` with the operators of ``ops`` it has no calibration for calibrated against its
     fixed part as it stands (which they do not change: they are not the reference's stand-ins)."""
-    have = {c.op for c in part.calibration}
-    new = [op for op in ops if op not in have and op not in {k.op for k in reference_keys(part.net.config())}]
+    cfg = part.net.config()
+    done = {c.op for c in part.calibration} | {k.op for k in reference_keys(cfg)}
+    new = [op for op in ops if op not in done]
     if not new:
         return part
     known = {e.key: e.latency.median for e in entries}
-    timed = calibration_networks(part.net.config(), runtime, batch=batch, known=known, ops=new)
+    timed = calibration_networks(cfg, runtime, batch=batch, known=known, ops=new)
     more = tuple(Calibration(op, network_ms, ops_ms, op_scale(network_ms, ops_ms, part.ms))
                  for op, network_ms, ops_ms in timed)
     return replace(part, calibration=part.calibration + more)
@@ -1366,7 +1366,7 @@ def contention(profile: Profile) -> str | None:
     threads = profile.threads or cpus
     if threads + others <= cpus + 0.25:
         return None
-    free = max(1, math.floor(cpus - others + 0.5))
+    free = free_cores(others, cpus)
     return (f"other processes kept {others:.1f} of {cpus} CPUs busy while {threads} thread(s) were timed, so the "
             f"times hold waiting for them; profile again on a quiet machine"
             + (f", or with --threads {free}" if free < threads else ""))

@@ -102,6 +102,11 @@ def others_busy(mark: CpuReading, now: CpuReading) -> float:
     return max(0.0, ((now[1] - mark[1]) - (now[2] - mark[2])) / wall) if wall > 0 else 0.0
 
 
+def free_cores(others: float, cpus: int) -> int:
+    """Cores left when other processes keep ``others`` of ``cpus`` busy: rounded, at least 1."""
+    return max(1, math.floor(cpus - others + 0.5))
+
+
 def usable_cpu_ids() -> set[int] | None:
     """The ids of the CPUs this process may run on, or None where the OS has no affinity mask."""
     try:
@@ -163,7 +168,7 @@ class ThreadGovernor:
 
     def decide(self, others: float) -> int:
         """The thread count for ``others`` busy cores: the free cores, rounded, within 1..max."""
-        return max(1, min(self.max_threads, math.floor(self.cpus - others + 0.5)))
+        return min(self.max_threads, free_cores(others, self.cpus))
 
     def tick(self) -> None:
         if self._mark is None or self.clock() - self._mark[0] < self.window:
