@@ -33,7 +33,7 @@ from edgenas.distributed import dist_from_env
 from edgenas.errors import EdgenasError
 from edgenas.export import ExportSettings
 from edgenas.files import claim_run_folder, read_json, write_json
-from edgenas.profiling import DEFAULT_SHAPES, Profile, ProfileOptions, ProfileSettings, parse_shapes, profile_ops
+from edgenas.profiling import DEFAULT_SHAPES, Profile, ProfileOptions, parse_shapes, profile_ops
 from edgenas.search.budgets import BUDGET_FORMAT, BudgetPlan, BudgetSpec, parse_latency, plan_budgets_for_data
 from edgenas.search.loop import SearchConfig, search
 from edgenas.space import PruneConfig, SearchSpace, prune
@@ -373,7 +373,7 @@ class _Stages:
         # the export's thread count (0: physical cores), so profile and export time alike
         prof = profile_ops(self.device, ops, shapes, batch=p.batch, dtype=p.dtype, mode=p.mode, runtime=p.runtime,
                            provider=p.provider if p.runtime == "ort" else None, threads=self.cfg.export.threads,
-                           settings=ProfileSettings(runs=p.runs, max_seconds=p.max_seconds))
+                           settings=p.settings())
         prof.save(self.profile_path)
         plot_profile(prof, self.out / "figures" / "profile.png")
         return True

@@ -446,6 +446,10 @@ class ProfileOptions:
     runs: int = ProfileSettings.runs
     max_seconds: float = ProfileSettings.max_seconds
 
+    def settings(self, **extra: Any) -> ProfileSettings:
+        """The timing settings these options ask for (``extra``: the rest of :class:`ProfileSettings`)."""
+        return ProfileSettings(runs=self.runs, max_seconds=self.max_seconds, **extra)
+
 
 @dataclass
 class Profile:
@@ -1171,9 +1175,10 @@ def measure_entries(
     return entries, skipped
 
 
-def reference_keys(cfg: NetConfig) -> list[ShapeKey]:
-    """The stand-in operator instances of ``cfg``'s reference network, one per instance."""
-    return [ShapeKey(*s) for s in cell_shapes(REFERENCE_GENOTYPE, cfg)]
+def reference_keys(cfg: NetConfig, genotype: Genotype = REFERENCE_GENOTYPE) -> list[ShapeKey]:
+    """The operator instances of ``genotype``'s network at ``cfg`` (by default the reference
+    network's stand-ins), one per instance."""
+    return [ShapeKey(*s) for s in cell_shapes(genotype, cfg)]
 
 
 def measure_parts(
@@ -1238,7 +1243,7 @@ def calibration_networks(cfg: NetConfig, runtime: Runtime, *, batch: int, known:
         if op == "none":
             continue
         g = calibration_genotype(op)
-        keys = [ShapeKey(*sh) for sh in cell_shapes(g, cfg)]
+        keys = reference_keys(cfg, g)
         need = [k for k in dict.fromkeys(keys) if k not in known]
         got, skipped = measure_entries(need, runtime, batch=batch, mode="forward")
         if skipped:
@@ -1289,12 +1294,14 @@ def fit_part(reference_ms: float, reference_ops: Mapping[str, float],
     Operators whose entries are a small share of their network (the identity) keep 1: their ratio
     would be noise.
     """
+    def fixed_for(scales: Mapping[str, float]) -> float:
+        return max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
+
     scales: dict[str, float] = {}
-    fixed = reference_ms
+    fixed = fixed_for(scales)
     for _ in range(5):
-        fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
         scales = {op: op_scale(network_ms, ops_ms, fixed) for op, network_ms, ops_ms in timed}
-    fixed = max(0.0, reference_ms - sum(scales.get(op, 1.0) * ms for op, ms in reference_ops.items()))
+        fixed = fixed_for(scales)
     return fixed, tuple(Calibration(op, network_ms, ops_ms, scales[op]) for op, network_ms, ops_ms in timed)
 
 

@@ -47,8 +47,3 @@ class LoopProgress:
         self._progress.advance(self._epochs)
         self._progress.console.print(summary, markup=False, highlight=False)
 
-
-def epoch_progress(epochs: int, *, quiet: bool, start: int = 0, label: str = "epoch",
-                   on_batch: Callable[[], None] | None = None) -> LoopProgress:
-    """The progress display of a long loop (respects ``--quiet``); ``on_batch`` runs after each batch."""
-    return LoopProgress(epochs, quiet=quiet, start=start, label=label, on_batch=on_batch)

@@ -30,7 +30,7 @@ from edgenas.checkpoints import load_checkpoint, save_checkpoint
 from edgenas.device import keep_cpu_memory
 from edgenas.distributed import DistInfo, gather_objects
 from edgenas.errors import EdgenasError
-from edgenas.progress import LoopProgress, epoch_progress
+from edgenas.progress import LoopProgress
 from edgenas.rng import capture_rng_state, restore_rng_state
 from edgenas.run_folder import History, RunDir
 from edgenas.threads import thread_policy
@@ -170,7 +170,7 @@ def run_epochs(
         history.write()
 
     stopped = False
-    with thread_policy(threads) as governor, epoch_progress(
+    with thread_policy(threads) as governor, LoopProgress(
             epochs, quiet=quiet or not dist_info.main, start=start,
             on_batch=governor.tick if governor is not None else None) as progress:
         if governor is not None and not governor.available:

@@ -101,7 +101,6 @@ def profile_cmd(
         DEFAULT_SHAPES,
         SCALE_RANGE,
         ProfileOptions,
-        ProfileSettings,
         clipped_scales,
         contention,
         parse_shapes,
@@ -130,8 +129,8 @@ def profile_cmd(
     dev = resolve_device(device)
     if channels_last is None:
         channels_last = runtime == "eager" and mode == "train" and dev.type == "cpu"
-    settings = ProfileSettings(runs=opts.runs, max_seconds=opts.max_seconds, channels_last=channels_last,
-                               keep_cpu_memory=not default_malloc, **given(min_seconds=min_seconds))
+    settings = opts.settings(channels_last=channels_last, keep_cpu_memory=not default_malloc,
+                             **given(min_seconds=min_seconds))
     if runtime == "ort" and (provider or "cpu") == "cpu":
         dev = resolve_device("cpu")  # the CPU provider runs on the CPU
     suffix = f"-{provider}" if runtime == "ort" and provider not in (None, "cpu") else ""

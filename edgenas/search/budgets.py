@@ -40,12 +40,12 @@ import numpy as np
 import torch
 
 from edgenas.cells import CELL_TYPES, cell_type, edge_inputs, node_states, num_edges
-from edgenas.costs import MAC_CONVENTION, OpInstance, count_macs, op_macs
+from edgenas.costs import MAC_CONVENTION, OpInstance, op_macs
 from edgenas.data.load import load_data
 from edgenas.errors import EdgenasError
 from edgenas.genotypes import Genotype
 from edgenas.latency import fixed_ms, latency_lookup, op_scales, predict_latency, profile_missing
-from edgenas.nets import NetConfig, build_network, edge_shape, plan_cells, setting_config
+from edgenas.nets import NetConfig, edge_shape, plan_cells, setting_config
 from edgenas.network_costs import network_macs
 from edgenas.ops import get_op
 from edgenas.profiling import Profile
@@ -364,7 +364,7 @@ def mac_model(cfg: NetConfig, ops: Sequence[str], steps: int) -> CostModel:
     tables = _edge_tables(cfg, ops, steps, op_macs)
     ref = reference_genotype(ops, steps)
     edges_only = CostModel("macs", "MACs", ops, steps, tables, fixed=0.0)
-    total = count_macs(build_network(ref, cfg), cfg.input_shape)
+    total = network_macs(ref, cfg)
     return CostModel("macs", "MACs", ops, steps, tables,
                      fixed=float(total) - edges_only.genotype_cost(ref), note=MAC_CONVENTION)
 

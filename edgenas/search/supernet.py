@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from edgenas.cells import CELL_TYPES, edge_stride, num_edges, reduction_cells
+from edgenas.cells import CELL_TYPES, cell_type, edge_stride, num_edges, reduction_cells
 from edgenas.errors import EdgenasError
 from edgenas.ops import FactorizedReduce, ReLUConvBN, get_op
 from edgenas.search.fast_cpu import accelerate
@@ -204,7 +204,7 @@ class Supernet(nn.Module):
         s1 = self.stem(x)
         r0 = r1 = s1.relu()
         for i, cell in enumerate(self.cells):
-            t = "reduce" if cell.reduction else "normal"
+            t = cell_type(cell.reduction)
             s1 = cell(r0, r1, s1, op_w[t], edge_w[t])
             if i + 1 < len(self.cells):
                 r0, r1 = r1, s1.relu()
