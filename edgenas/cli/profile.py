@@ -185,8 +185,9 @@ def profile_cmd(
         con.print(f"[yellow]{busy}[/yellow]", soft_wrap=True)
     if clipped:
         con.print(f"[yellow]{len(clipped)} calibration scale(s) at the bound {SCALE_RANGE}: {'; '.join(clipped)}; "
-                  "the entries and the networks were timed at different machine speeds, so predictions from "
-                  "this profile are off: profile again on a quiet machine (or with fewer --threads)[/yellow]",
+                  "the entries and the networks were timed at different machine speeds (or the network is "
+                  "too small to tell), so predictions from this profile are off there: profile again on a quiet "
+                  "machine (or with fewer --threads)[/yellow]",
                   soft_wrap=True)
     load = ", ".join("-" if v is None else f"{v:.2f}" for v in (prof.load_before, prof.load_after))
     con.print(f"{len(prof.entries)} entries, {len(prof.parts)} fixed part(s) in {wall:.1f} s (load average "
